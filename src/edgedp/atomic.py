@@ -1,0 +1,94 @@
+"""Atomic output: a file or folder is either complete or absent.
+
+Everything is written under a temporary name in the destination's own folder
+and moved into place with `os.replace`, which is atomic on POSIX file systems.
+A crash or Ctrl-C leaves at most a hidden `.*.tmp*` entry, never a truncated
+result, and the next run overwrites or removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, replacing any existing file."""
+    path = Path(path)
+    with file(path) as temporary:
+        temporary.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` as UTF-8 to `path` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write `value` as indented JSON to `path` atomically."""
+    write_text(
+        path, json.dumps(value, indent=2, sort_keys=False, allow_nan=True) + "\n"
+    )
+
+
+@contextlib.contextmanager
+def file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path that becomes `path` when the block succeeds.
+
+    The caller writes the temporary file in any way it likes (a library's own
+    `save` function, for example). If the block raises, the temporary file is
+    removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def directory(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that becomes `path` when the block succeeds.
+
+    Args:
+        path: the final folder.
+        overwrite: replace an existing `path`. Without it an existing folder
+            raises FileExistsError before anything is written.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists; remove it or choose another folder"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(
+        tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    )
+    try:
+        yield temporary
+        if path.exists():
+            # POSIX cannot swap two folders atomically. The old one is moved
+            # aside first, so `path` is briefly absent but never a mixture.
+            old = temporary.with_name(temporary.name + ".old")
+            os.replace(path, old)
+            os.replace(temporary, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)

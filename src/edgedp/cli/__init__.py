@@ -1,0 +1,57 @@
+"""The `edgedp` command.
+
+Each stage registers its commands from its own module in this package. Command
+modules import heavy libraries (torch, polars) inside the command function, so
+`edgedp serve` on a gateway never loads them and `edgedp --help` stays fast.
+"""
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+app = typer.Typer(
+    name="edgedp",
+    help="Train private IoT intrusion detectors, shrink them, run them on a gateway.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+console = Console(stderr=True)
+
+# Top-level modules that only the `train` extra installs.
+TRAINING_MODULES = frozenset(
+    {"torch", "opacus", "polars", "pyarrow", "litert_torch", "ai_edge_quantizer"}
+    | {"sklearn", "matplotlib"}
+)
+
+
+@app.callback()
+def _configure(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+
+
+def main() -> None:
+    """Run the `edgedp` command line."""
+    from edgedp.cli import data, gateway, shrinking, study, training  # noqa: F401
+
+    try:
+        app()
+    except ModuleNotFoundError as error:
+        top_level = (error.name or "").split(".")[0]
+        if top_level not in TRAINING_MODULES:
+            raise
+        console.print(
+            f"[red]error:[/] this command needs {top_level!r}, which comes with the "
+            "training tools. Install them with: pip install 'edgedp[train]'"
+        )
+        sys.exit(2)

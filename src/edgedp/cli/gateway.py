@@ -1,0 +1,3 @@
+"""The gateway command: `serve`."""
+
+from edgedp.cli import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""Commands that convert and measure bundles: `optimize` and `bench`."""
+
+from edgedp.cli import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""Commands that train and score models: `train` and `evaluate`."""
+
+from edgedp.cli import app  # noqa: F401
