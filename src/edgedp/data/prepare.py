@@ -1,0 +1,436 @@
+"""`prepare_dataset`: flow logs in, an encoded and split dataset out.
+
+The work runs in two passes, so memory stays bounded by the block size and
+the per-flow keys rather than by the logs:
+
+1. Every input file is read block by block. Each block's flows get a class
+   (flows of other classes are excluded and counted), are encoded by
+   `edgedp.features.encode`, and are written to a Parquet part file.
+2. The keys of all flows (`uid`, `ts`, class, input file) are loaded to drop
+   repeated flows and to assign splits. The part files are then read one at
+   a time and their rows appended to the split files.
+
+Everything is written inside a temporary folder that replaces `out` only
+when the dataset is complete (`edgedp.atomic.directory`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import edgedp
+from edgedp import atomic, config, features, zeek
+from edgedp.data import labels, readers, sources, splits
+from edgedp.dataset import (
+    LABEL_COLUMN,
+    LABEL_INDEX_COLUMN,
+    MANIFEST_NAME,
+    SPLITS,
+    PreparedDataset,
+    load_prepared,
+)
+
+log = logging.getLogger(__name__)
+
+_PARTS = ".parts"
+_FILE = "_file"
+
+
+class PrepareError(ValueError):
+    """The inputs or settings cannot make a usable dataset."""
+
+
+def prepare_dataset(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    feature_set: str = features.EXTENDED,
+    classes: Sequence[str] = config.STUDY_CLASSES,
+    class_mapping: Mapping[str, str] | None = None,
+    split: str = splits.RANDOM,
+    seed: int = config.DEFAULT_SEED,
+    overwrite: bool = False,
+    max_rows_per_file: int | None = None,
+    columns: Sequence[str] | None = None,
+    chunk_bytes: int = sources.DEFAULT_CHUNK_BYTES,
+) -> PreparedDataset:
+    """Read flow logs and write a prepared dataset folder.
+
+    Args:
+        paths: flow log files, or folders searched recursively for them.
+        out: the dataset folder to create.
+        feature_set: `paper` or `extended` (see `edgedp.features`).
+        classes: class names, in the order of `label_index`.
+        class_mapping: `PATTERN` to class name, applied to source labels
+            before matching `classes` (see `edgedp.data.labels`).
+        split: `random` (stratified by class) or `capture` (whole files).
+        seed: seed of the split.
+        overwrite: replace an existing `out`.
+        max_rows_per_file: read at most this many flows from each file, for
+            a quick trial run.
+        columns: column names for CSV/TSV exports without a header row.
+        chunk_bytes: block size for reading; bounds memory per block.
+
+    Returns:
+        The written dataset, as `edgedp.dataset.load_prepared` opens it.
+
+    Raises:
+        PrepareError: invalid settings, an input without labels, no flow of
+            any requested class, or a split method that cannot be met.
+        FlowLogError: an input file is not a flow log.
+        FileExistsError: `out` exists and `overwrite` is not set.
+    """
+    classes = _check_settings(feature_set, classes, split, max_rows_per_file)
+    mapping = dict(class_mapping or {})
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite (--overwrite)")
+
+    files = sources.find_logs(paths)
+    reports = [readers.open_report(path, columns=columns) for path in files]
+    log.info("preparing %d input files into %s", len(files), out)
+
+    with atomic.directory(out, overwrite=overwrite) as folder:
+        parts = folder / _PARTS
+        parts.mkdir()
+        excluded: Counter[str] = Counter()
+        part_files = []
+        for index, report in enumerate(reports):
+            part_files += _encode_file(
+                report,
+                index,
+                parts,
+                feature_set=feature_set,
+                classes=classes,
+                mapping=mapping,
+                excluded=excluded,
+                max_rows=max_rows_per_file,
+                chunk_bytes=chunk_bytes,
+            )
+
+        manifest = _write_splits(
+            folder,
+            part_files,
+            reports,
+            classes=classes,
+            split=split,
+            seed=seed,
+        )
+        manifest.update(
+            {
+                "edgedp_version": edgedp.__version__,
+                "encoder_version": features.ENCODER_VERSION,
+                "feature_set": feature_set,
+                "feature_names": features.feature_names(feature_set),
+                "class_mapping": mapping,
+                "excluded": dict(excluded.most_common()),
+                "max_rows_per_file": max_rows_per_file,
+            }
+        )
+        for part in part_files:
+            part.unlink()
+        parts.rmdir()
+        atomic.write_json(folder / MANIFEST_NAME, _ordered(manifest))
+    log.info("wrote %s", out)
+    return load_prepared(out)
+
+
+def _check_settings(
+    feature_set: str,
+    classes: Sequence[str],
+    split: str,
+    max_rows_per_file: int | None,
+) -> list[str]:
+    if feature_set not in features.FEATURE_SETS:
+        raise PrepareError(
+            f"unknown feature set {feature_set!r}; "
+            f"choose {' or '.join(features.FEATURE_SETS)}"
+        )
+    if split not in splits.METHODS:
+        raise PrepareError(
+            f"unknown split method {split!r}; choose {' or '.join(splits.METHODS)}"
+        )
+    if max_rows_per_file is not None and max_rows_per_file < 1:
+        raise PrepareError(
+            f"max_rows_per_file must be at least 1, got {max_rows_per_file}"
+        )
+    names = [zeek.normalize_label(name) or "" for name in classes]
+    if not names or "" in names:
+        raise PrepareError(f"classes must be non-empty names, got {list(classes)}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise PrepareError(f"classes are repeated: {', '.join(repeated)}")
+    return names
+
+
+def _encode_file(
+    report: readers.FileReport,
+    file_index: int,
+    parts: Path,
+    *,
+    feature_set: str,
+    classes: list[str],
+    mapping: dict[str, str],
+    excluded: Counter[str],
+    max_rows: int | None,
+    chunk_bytes: int,
+) -> list[Path]:
+    """Encode one input file into part files and return their paths."""
+    written = []
+    frames = readers.read_flows(
+        report.path, report=report, max_rows=max_rows, chunk_bytes=chunk_bytes
+    )
+    for frame in frames:
+        frame = frame.with_columns(labels.source_class_expr())
+        sources_seen = frame.get_column(labels.SOURCE_CLASS).unique().to_list()
+        lookup = labels.class_lookup(sources_seen, classes, mapping)
+        frame = frame.with_columns(
+            pl.col(labels.SOURCE_CLASS)
+            .replace_strict(lookup, default=None, return_dtype=pl.Int64)
+            .alias(LABEL_INDEX_COLUMN)
+        )
+        dropped = frame.filter(pl.col(LABEL_INDEX_COLUMN).is_null())
+        for name, count in (
+            dropped.get_column(labels.SOURCE_CLASS).value_counts().iter_rows()
+        ):
+            excluded[name] += count
+        kept = frame.filter(pl.col(LABEL_INDEX_COLUMN).is_not_null())
+        if not kept.height:
+            continue
+
+        encoded = features.encode(encoder_columns(kept, feature_set), feature_set)
+        part = parts / f"{file_index:05d}-{len(written):05d}.parquet"
+        pq.write_table(
+            _part_table(kept, encoded, report, file_index, classes, feature_set), part
+        )
+        written.append(part)
+
+    if not report.has_labels:
+        raise PrepareError(
+            f"{report.path} has no labels; prepare needs labeled flow logs "
+            "(IoT-23 conn.log.labeled or exports with label and detailed-label)"
+        )
+    log.info(
+        "%s: %s, %d flows read, %d lines skipped",
+        report.path.name,
+        report.format,
+        report.rows_read,
+        report.skipped.total,
+    )
+    return written
+
+
+def encoder_columns(frame: pl.DataFrame, feature_set: str) -> dict[str, Any]:
+    """Return the columns `features.encode` reads, taken from a record frame.
+
+    String columns are dictionary-encoded in Polars, so the encoder maps
+    each distinct value once instead of every row.
+    """
+    names = features.input_fields(feature_set)
+    strings = [name for name in names if name not in zeek.NUMERIC_FIELDS]
+    distinct = frame.select(
+        pl.col(name).unique().drop_nulls().implode() for name in strings
+    ).row(0)
+    columns: dict[str, Any] = {}
+    for name, values in zip(strings, distinct, strict=True):
+        if not values:
+            codes = np.full(frame.height, -1, dtype=np.int64)
+            columns[name] = features.Categorical(categories=[], codes=codes)
+            continue
+        codes = (
+            frame.get_column(name)
+            .cast(pl.Enum(values))
+            .to_physical()
+            .fill_null(-1)
+            .to_numpy()
+        )
+        columns[name] = features.Categorical(categories=values, codes=codes)
+    for name in names:
+        if name in zeek.NUMERIC_FIELDS:
+            columns[name] = frame.get_column(name).to_numpy()
+    return columns
+
+
+def _part_table(
+    frame: pl.DataFrame,
+    encoded: np.ndarray,
+    report: readers.FileReport,
+    file_index: int,
+    classes: list[str],
+    feature_set: str,
+) -> pa.Table:
+    label_index = frame.get_column(LABEL_INDEX_COLUMN).to_numpy()
+    names = features.feature_names(feature_set)
+    columns = {
+        "uid": frame.get_column("uid").to_arrow(),
+        "ts": frame.get_column("ts").to_arrow(),
+        "source": pa.array(
+            np.full(frame.height, report.path.name, dtype=object), pa.string()
+        ),
+        LABEL_COLUMN: pa.array(
+            np.asarray(classes, dtype=object)[label_index], pa.string()
+        ),
+        LABEL_INDEX_COLUMN: pa.array(label_index, pa.int64()),
+        _FILE: pa.array(np.full(frame.height, file_index, dtype=np.int32)),
+    }
+    by_feature = np.ascontiguousarray(encoded.T)
+    for position, name in enumerate(names):
+        columns[name] = pa.array(by_feature[position])
+    return pa.table(columns)
+
+
+def _write_splits(
+    folder: Path,
+    part_files: list[Path],
+    reports: list[readers.FileReport],
+    *,
+    classes: list[str],
+    split: str,
+    seed: int,
+) -> dict[str, Any]:
+    """Drop repeated flows, assign splits and write the split files."""
+    if not part_files:
+        read = sum(report.rows_read for report in reports)
+        raise PrepareError(
+            f"no flow of the classes {', '.join(classes)} in the input "
+            f"({read} flows read); check --classes and --map, or the input files"
+        )
+    keys = pl.read_parquet(part_files, columns=["uid", "ts", LABEL_INDEX_COLUMN, _FILE])
+    first = (
+        keys.select(pl.struct("uid", "ts").is_first_distinct()).to_series().to_numpy()
+    )
+    duplicates_by_file = np.bincount(
+        keys.get_column(_FILE).to_numpy()[~first], minlength=len(reports)
+    )
+
+    kept_labels = keys.get_column(LABEL_INDEX_COLUMN).to_numpy()[first]
+    kept_files = keys.get_column(_FILE).to_numpy()[first]
+    fractions = config.SPLIT_FRACTIONS
+    split_of_file: dict[str, str] = {}
+    if split == splits.RANDOM:
+        assignment = splits.random_split(kept_labels, fractions, seed)
+    else:
+        names = [report.path.name for report in reports]
+        try:
+            assignment, split_of_file = splits.capture_split(
+                kept_files, names, fractions, seed
+            )
+        except ValueError as error:
+            raise PrepareError(str(error)) from error
+
+    short = splits.empty_classes(assignment, kept_labels, classes)
+    kept_classes = [name for name in classes if name not in short]
+    for name, counts in short.items():
+        log.warning(
+            "dropping class %s: the %s split leaves a split without its flows "
+            "(%s)",
+            name,
+            split,
+            ", ".join(f"{s} {n}" for s, n in counts.items()),
+        )
+    if not kept_classes:
+        raise PrepareError(
+            f"every class is too small for the {split} split: {short}; "
+            "add input files or use --split random"
+        )
+    new_index = np.array(
+        [kept_classes.index(name) if name in kept_classes else -1 for name in classes]
+    )
+
+    split_rows = _copy_rows(folder, part_files, first, assignment, new_index)
+    counts = {
+        name: {
+            "rows": int(split_rows[name].sum()),
+            "classes": {
+                cls: int(split_rows[name][i]) for i, cls in enumerate(kept_classes)
+            },
+        }
+        for name in SPLITS
+    }
+    inputs = []
+    for report, duplicates in zip(reports, duplicates_by_file, strict=True):
+        entry = report.to_json()
+        entry["duplicates_dropped"] = int(duplicates)
+        if split_of_file:
+            entry["split"] = split_of_file.get(report.path.name)
+        inputs.append(entry)
+    return {
+        "classes": kept_classes,
+        "dropped_classes": short,
+        "split": {"method": split, "fractions": dict(fractions), "seed": seed},
+        "inputs": inputs,
+        "splits": counts,
+        "duplicates_dropped": int((~first).sum()),
+    }
+
+
+def _copy_rows(
+    folder: Path,
+    part_files: list[Path],
+    first: np.ndarray,
+    assignment: np.ndarray,
+    new_index: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Append each part's kept rows to the split files; return class counts."""
+    split_of_row = np.full(len(first), -1, dtype=np.int8)
+    split_of_row[first] = assignment
+    writers: dict[str, pq.ParquetWriter] = {}
+    counts = {
+        name: np.zeros(int(new_index.max()) + 1, dtype=np.int64) for name in SPLITS
+    }
+    start = 0
+    try:
+        for part in part_files:
+            table = pq.read_table(part)
+            stop = start + table.num_rows
+            rows_split = split_of_row[start:stop]
+            labels_new = new_index[table.column(LABEL_INDEX_COLUMN).to_numpy()]
+            start = stop
+            table = table.drop_columns([_FILE]).set_column(
+                table.schema.get_field_index(LABEL_INDEX_COLUMN),
+                LABEL_INDEX_COLUMN,
+                pa.array(labels_new, pa.int64()),
+            )
+            for split_index, name in enumerate(SPLITS):
+                mask = (rows_split == split_index) & (labels_new >= 0)
+                if not mask.any():
+                    continue
+                chosen = table.filter(pa.array(mask))
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(
+                        folder / f"{name}.parquet", chosen.schema
+                    )
+                writers[name].write_table(chosen)
+                counts[name] += np.bincount(
+                    labels_new[mask], minlength=len(counts[name])
+                )
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return counts
+
+
+def _ordered(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Put the manifest keys a reader looks for first at the top."""
+    first = [
+        "edgedp_version",
+        "encoder_version",
+        "feature_set",
+        "classes",
+        "class_mapping",
+        "split",
+        "splits",
+        "duplicates_dropped",
+        "excluded",
+        "dropped_classes",
+    ]
+    return {**{key: manifest[key] for key in first}, **manifest}

@@ -1,0 +1,128 @@
+"""One entry point for every flow log format: `read_flows`.
+
+A `FlowReader` recognises the format of a file, yields frames of flow records
+(columns and types in `records.RECORD_SCHEMA`) block by block, and counts
+what it read and skipped in a `FileReport`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from edgedp import zeek
+from edgedp.data import sources
+from edgedp.data.delimited import read_delimited
+from edgedp.data.jsonlog import read_json
+from edgedp.data.skips import SkipLog
+
+log = logging.getLogger(__name__)
+
+MISSING_LABEL = "-"
+"""How reports show a missing label or detailed-label."""
+
+
+@dataclass
+class FileReport:
+    """What reading one input file produced."""
+
+    path: Path
+    layout: sources.Layout
+    rows_read: int = 0
+    """Data rows turned into flow records."""
+    skipped: SkipLog = field(default_factory=lambda: SkipLog(""))
+    labels: Counter[str] = field(default_factory=Counter)
+    detailed_labels: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def format(self) -> str:
+        return self.layout.format
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether any row read so far has a label."""
+        return any(value != MISSING_LABEL for value in self.labels)
+
+    def count(self, frame: pl.DataFrame) -> None:
+        """Add one frame of flow records to the counts."""
+        self.rows_read += frame.height
+        for name, counter in (
+            (zeek.LABEL, self.labels),
+            (zeek.DETAILED_LABEL, self.detailed_labels),
+        ):
+            counts = frame.get_column(name).fill_null(MISSING_LABEL).value_counts()
+            for value, number in counts.iter_rows():
+                counter[value] += number
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "rows_read": self.rows_read,
+            "rows_skipped": self.skipped.to_json(),
+            "labels": dict(self.labels.most_common()),
+            "detailed_labels": dict(self.detailed_labels.most_common()),
+        }
+
+
+def read_flows(
+    path: str | Path,
+    *,
+    columns: Sequence[str] | None = None,
+    max_rows: int | None = None,
+    chunk_bytes: int = sources.DEFAULT_CHUNK_BYTES,
+    report: FileReport | None = None,
+) -> Iterator[pl.DataFrame]:
+    """Yield frames of flow records from one file, in file order.
+
+    Args:
+        path: a Zeek TSV or JSON log, or a CSV/TSV export, optionally gzipped.
+        columns: column names for an export without a header row.
+        max_rows: stop after this many flow records.
+        chunk_bytes: size of the blocks the file is read in; memory use
+            grows with it, not with the file.
+        report: when given, it receives the counts; create it with
+            `open_report` so that the format is known before reading.
+
+    Raises:
+        FlowLogError: the file is not a flow log or is damaged beyond
+            single bad lines.
+    """
+    path = Path(path)
+    if report is None:
+        report = open_report(path, columns=columns)
+    layout = report.layout
+    if layout.format == sources.ZEEK_JSON:
+        frames = read_json(path, report.skipped, chunk_bytes=chunk_bytes)
+    else:
+        frames = read_delimited(path, layout, report.skipped, chunk_bytes=chunk_bytes)
+
+    for frame in frames:
+        if max_rows is not None and report.rows_read + frame.height >= max_rows:
+            frame = frame.head(max_rows - report.rows_read)
+            report.count(frame)
+            yield frame
+            log.info("%s: stopped after %d rows (row limit)", path, max_rows)
+            return
+        report.count(frame)
+        if frame.height:
+            yield frame
+
+
+def open_report(
+    path: str | Path, *, columns: Sequence[str] | None = None
+) -> FileReport:
+    """Detect the format of `path` and return an empty report for it.
+
+    Raises:
+        FlowLogError: as `sources.detect_layout`.
+    """
+    path = Path(path)
+    layout = sources.detect_layout(path, columns)
+    return FileReport(path=path, layout=layout, skipped=SkipLog(path.name))

@@ -1,0 +1,270 @@
+"""Finding flow log files, opening them, and recognising their format."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from edgedp import zeek
+
+log = logging.getLogger(__name__)
+
+ZEEK_TSV = "zeek-tsv"
+ZEEK_JSON = "zeek-json"
+CSV = "csv"
+TSV = "tsv"
+
+GZIP_MAGIC = b"\x1f\x8b"
+DEFAULT_CHUNK_BYTES = 32 << 20
+SNIFF_BYTES = 1 << 16
+
+# Names of files that a folder search treats as flow logs. An explicit file
+# path is always read, whatever its name.
+LOG_SUFFIXES: tuple[str, ...] = (
+    ".log",
+    ".labeled",
+    ".csv",
+    ".tsv",
+    ".json",
+    ".jsonl",
+    ".ndjson",
+)
+
+COLUMN_PRESETS: dict[str, tuple[str, ...]] = {
+    "conn": zeek.CONN_FIELDS,
+    "conn-labeled": zeek.LABELED_CONN_FIELDS,
+}
+"""Names that `--columns` accepts in place of a list of field names."""
+
+# Fields without which a file is not read as a conn log.
+REQUIRED_FIELDS: tuple[str, ...] = ("ts", "uid", "id.orig_p", "id.resp_p", "proto")
+
+
+class FlowLogError(ValueError):
+    """An input file cannot be read as a flow log; the message says why."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How to read one file: its format and, for exports, its column names."""
+
+    format: str
+    separator: str = "\t"
+    names: tuple[str, ...] = ()
+    """Column names of a CSV/TSV export; empty for Zeek TSV and JSON."""
+    header_row: bool = True
+    """Whether the first line of a CSV/TSV export holds the column names."""
+
+
+def find_logs(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand files and folders into the list of flow log files to read.
+
+    Folders are searched recursively for names ending in `LOG_SUFFIXES`,
+    optionally followed by `.gz`, and return them sorted. Files are kept in
+    the order given. A path given twice is read once.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        FlowLogError: no flow log was found at all.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            matches = sorted(
+                p for p in path.rglob("*") if p.is_file() and _looks_like_log(p)
+            )
+            if not matches:
+                log.warning("%s holds no flow log files", path)
+            found.extend(matches)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        raise FlowLogError(
+            "no flow log files in "
+            + ", ".join(str(p) for p in paths)
+            + f"; expected names ending in {', '.join(LOG_SUFFIXES)} (or .gz)"
+        )
+    return unique
+
+
+def _looks_like_log(path: Path) -> bool:
+    name = path.name.lower().removesuffix(".gz")
+    return name.endswith(LOG_SUFFIXES) or name.startswith("conn")
+
+
+def open_binary(path: Path) -> BinaryIO:
+    """Open a file for reading, decompressing it when it is gzipped."""
+    handle = open(path, "rb")
+    if handle.peek(2)[:2] == GZIP_MAGIC:  # type: ignore[attr-defined]
+        return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
+    return handle
+
+
+def read_chunks(
+    path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[tuple[int, bytes]]:
+    """Yield `(first line number, bytes)` blocks that end on a line break.
+
+    Line numbers start at 1. Memory use is about two blocks, whatever the
+    file size.
+    """
+    line = 1
+    rest = b""
+    with open_binary(path) as handle:
+        while True:
+            try:
+                block = handle.read(chunk_bytes)
+            except (OSError, EOFError) as error:
+                raise FlowLogError(
+                    f"{path} could not be decompressed after line {line}: {error}; "
+                    "the gzip file is damaged or truncated, so download it again"
+                ) from error
+            if not block:
+                break
+            data = rest + block
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                rest = data
+                continue
+            chunk, rest = data[:cut], data[cut:]
+            yield line, chunk
+            line += chunk.count(b"\n")
+    if rest:
+        yield line, rest
+
+
+def _first_lines(path: Path) -> list[str]:
+    try:
+        with open_binary(path) as handle:
+            head = handle.read(SNIFF_BYTES)
+    except (OSError, EOFError) as error:
+        raise FlowLogError(f"{path} could not be read: {error}") from error
+    if b"\x00" in head:
+        raise FlowLogError(
+            f"{path} is not a flow log: it contains binary data (NUL bytes); "
+            "pass Zeek conn logs, their JSON form, or CSV/TSV exports"
+        )
+    text = head.decode("utf-8", errors="replace")
+    lines = text.splitlines()
+    if len(head) == SNIFF_BYTES and lines:
+        lines = lines[:-1]  # the last line may be cut off
+    return [line for line in lines if line.strip()]
+
+
+def detect_layout(path: Path, columns: Sequence[str] | None = None) -> Layout:
+    """Recognise the format of a flow log from its first lines.
+
+    Args:
+        path: the file, gzipped or not.
+        columns: column names for a CSV/TSV export without a header row.
+            Files that have a header row ignore them.
+
+    Raises:
+        FlowLogError: the file is empty, is not a flow log, is a Zeek log
+            other than `conn`, lacks required fields, or has no header row
+            and no `columns` were given.
+    """
+    lines = _first_lines(path)
+    if not lines:
+        raise FlowLogError(f"{path} is empty; remove it from the input")
+    first = lines[0]
+
+    if first.startswith("#"):
+        return _zeek_tsv_layout(path, lines)
+    if first.lstrip().startswith("{"):
+        return Layout(format=ZEEK_JSON)
+
+    separator = "\t" if first.count("\t") >= first.count(",") else ","
+    fmt = TSV if separator == "\t" else CSV
+    names = _split_names(first, separator)
+    if "ts" in names and "uid" in names:
+        _check_required(path, names)
+        return Layout(format=fmt, separator=separator, names=tuple(names))
+
+    if _looks_like_data(first, separator):
+        if columns is None:
+            raise FlowLogError(
+                f"{path} has no header row (its first line is data: "
+                f"{first[:50]!r}...); name its columns with --columns "
+                "conn-labeled for the 23 IoT-23 conn.log.labeled fields, or "
+                "--columns with a comma-separated list of Zeek field names"
+            )
+        names = [zeek.canonical_field(name) for name in columns]
+        _check_required(path, names)
+        return Layout(
+            format=fmt, separator=separator, names=tuple(names), header_row=False
+        )
+    raise FlowLogError(
+        f"{path} is not a flow log: its first line {first[:60]!r} is neither a "
+        "Zeek header (#separator), a JSON object, nor a CSV/TSV header with Zeek "
+        "field names such as ts and uid"
+    )
+
+
+def resolve_columns(value: str | None) -> tuple[str, ...] | None:
+    """Turn a `--columns` value (a preset name or a list) into field names."""
+    if value is None:
+        return None
+    if value in COLUMN_PRESETS:
+        return COLUMN_PRESETS[value]
+    names = tuple(zeek.canonical_field(name) for name in value.split(","))
+    if len(names) < 2:
+        raise ValueError(
+            f"--columns {value!r} is neither a preset ({', '.join(COLUMN_PRESETS)}) "
+            "nor a comma-separated list of field names"
+        )
+    return names
+
+
+def _zeek_tsv_layout(path: Path, lines: list[str]) -> Layout:
+    header = zeek.Header()
+    for line in lines:
+        if not zeek.is_directive(line):
+            break
+        try:
+            header = zeek.apply_directive(header, line)
+        except zeek.ZeekFormatError as error:
+            raise FlowLogError(f"{path}: {error}") from error
+    if header.path not in (None, "conn"):
+        raise FlowLogError(
+            f"{path} is a Zeek {header.path} log; edgedp reads conn logs (#path conn)"
+        )
+    if not header.fields:
+        raise FlowLogError(
+            f"{path} starts with Zeek directives but has no #fields line in "
+            "its header; the header block is incomplete"
+        )
+    _check_required(path, header.fields)
+    return Layout(format=ZEEK_TSV, separator=header.separator)
+
+
+def _split_names(line: str, separator: str) -> list[str]:
+    line = line.replace(zeek.IOT23_LABEL_SEPARATOR, separator)
+    return [zeek.canonical_field(name) for name in line.split(separator)]
+
+
+def _looks_like_data(line: str, separator: str) -> bool:
+    first = line.split(separator, 1)[0].strip().strip('"')
+    try:
+        float(first)
+    except ValueError:
+        return False
+    return line.count(separator) >= len(REQUIRED_FIELDS)
+
+
+def _check_required(path: Path, names: Sequence[str]) -> None:
+    absent = [name for name in REQUIRED_FIELDS if name not in names]
+    if absent:
+        raise FlowLogError(
+            f"{path} lacks the conn.log fields {', '.join(absent)}; a flow log "
+            f"needs at least {', '.join(REQUIRED_FIELDS)}"
+        )
