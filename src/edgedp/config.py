@@ -37,3 +37,58 @@ STUDY_AE_THRESHOLD = 0.16
 STUDY_BENCH_FLOWS = 7000
 
 DEFAULT_SEED = 0
+
+# Training seeds: every model and privacy level is trained once per seed, and
+# the report gives the mean and standard deviation over them.
+STUDY_SEEDS: tuple[int, ...] = (0, 1, 2)
+
+# `paper` encodes only the features the study names (ports, protocol,
+# connection state, duration). `extended` adds service, byte and packet
+# counts, missed bytes and history flags.
+FEATURE_SET = "extended"
+# `random` is the study's stratified split. `capture` keeps each input file in
+# one split.
+SPLIT_METHOD = "random"
+
+# The next three blocks repeat the defaults of `edgedp train`, `edgedp
+# optimize` and `edgedp bench`, whose modules import torch or numpy, for the
+# experiment file. tests/test_experiment.py checks that they stay equal.
+
+# Expected Poisson batch size (rows per step) of plain and DP training, for
+# both models. The training benchmark chose it.
+BATCH_SIZE = 2048
+
+# Flows that calibrate the int8 ranges, and where they come from
+# (`validation`, `train` or `synthetic`).
+CALIBRATION_SOURCE = "validation"
+CALIBRATION_SIZE = 1000
+
+# Timed repeats per format in `edgedp bench`. The report gives their median.
+BENCH_REPEATS = 5
+
+# Small IoT-23 captures that `edgedp download` fetches when no logs are given.
+# Together they hold Benign, PartOfAHorizontalPortScan, DDoS and C&C flows.
+# The study's Okiru and Attack classes are only in captures of several GB.
+IOT23_SCENARIOS: tuple[str, ...] = (
+    "CTU-IoT-Malware-Capture-34-1",
+    "CTU-IoT-Malware-Capture-20-1",
+    "CTU-IoT-Malware-Capture-42-1",
+    "CTU-IoT-Malware-Capture-44-1",
+    "CTU-Honeypot-Capture-4-1",
+    "CTU-Honeypot-Capture-5-1",
+)
+
+# Settings that `edgedp run --quick` replaces, as section -> key -> value
+# (model sections nest one level deeper). The sample and the grid are sized
+# for a run of a few minutes on two cores (an estimate, not a measurement).
+QUICK_PROFILE: dict[str, dict[str, object]] = {
+    "prepare": {"max_rows_per_file": 2000},
+    "train": {
+        "seeds": (0,),
+        "epsilons": (None, 1.0),
+        "classifier": {"epochs": 3},
+        "autoencoder": {"epochs": 5},
+    },
+    "optimize": {"calibration_size": 200},
+    "bench": {"samples": 1000, "repeats": 2},
+}
