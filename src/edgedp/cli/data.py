@@ -56,16 +56,18 @@ def inspect(
             paths, columns=_columns(columns), max_rows_per_file=max_rows
         )
     except (FileNotFoundError, FlowLogError) as error:
-        console.print(f"[red]error:[/] {error}")
+        console.print(f"[red]error:[/] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
 
     rejected = 0
     for result in results:
         if isinstance(result, RejectedFile):
             rejected += 1
-            console.print(f"[red]rejected[/] {result.path}\n  {result.reason}")
+            console.print(
+                f"[red]rejected[/] {result.path}\n  {result.reason}", soft_wrap=True
+            )
             continue
-        console.print(f"[bold]{result.path}[/]")
+        console.print(f"[bold]{result.path}[/]", soft_wrap=True)
         table = Table(show_header=False)
         table.add_row("format", result.format)
         table.add_row("rows read", str(result.rows_read))
@@ -142,7 +144,7 @@ def prepare(
             columns=_columns(columns),
         )
     except (FileNotFoundError, FileExistsError, FlowLogError, PrepareError) as error:
-        console.print(f"[red]error:[/] {error}")
+        console.print(f"[red]error:[/] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
 
     manifest = dataset.manifest

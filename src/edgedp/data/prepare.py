@@ -331,8 +331,7 @@ def _write_splits(
     kept_classes = [name for name in classes if name not in short]
     for name, counts in short.items():
         log.warning(
-            "dropping class %s: the %s split leaves a split without its flows "
-            "(%s)",
+            "dropping class %s: the %s split leaves a split without its flows (%s)",
             name,
             split,
             ", ".join(f"{s} {n}" for s, n in counts.items()),

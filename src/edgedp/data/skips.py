@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,18 +16,25 @@ class SkipLog:
 
     source: str
     counts: Counter[str] = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
-    """`file:line: reason` for the first `MAX_EXAMPLES` skipped lines."""
+    first: list[tuple[int, str]] = field(default_factory=list)
+    """(line, reason) of the `MAX_EXAMPLES` skipped lines with the lowest
+    numbers, sorted by line."""
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
+    @property
+    def examples(self) -> list[str]:
+        """`file:line: reason` of the first skipped lines."""
+        return [f"{self.source}:{line}: {reason}" for line, reason in self.first]
+
     def add(self, line: int, reason: str) -> None:
         """Record one skipped line (numbered from 1)."""
         self.counts[reason] += 1
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(f"{self.source}:{line}: {reason}")
+        if len(self.first) < MAX_EXAMPLES or line < self.first[-1][0]:
+            bisect.insort(self.first, (line, reason))
+            del self.first[MAX_EXAMPLES:]
 
     def add_many(self, lines: list[int], reasons: list[str]) -> None:
         """Record skipped lines given as two parallel lists."""
@@ -37,5 +45,5 @@ class SkipLog:
         return {
             "total": self.total,
             "reasons": dict(self.counts.most_common()),
-            "examples": list(self.examples),
+            "examples": self.examples,
         }

@@ -44,6 +44,10 @@ COLUMN_PRESETS: dict[str, tuple[str, ...]] = {
 REQUIRED_FIELDS: tuple[str, ...] = ("ts", "uid", "id.orig_p", "id.resp_p", "proto")
 
 
+# A Zeek TSV log starts with #separator; hand-made ones may start later on.
+_ZEEK_FIRST_DIRECTIVES = ("#separator", "#fields", "#path")
+
+
 class FlowLogError(ValueError):
     """An input file cannot be read as a flow log; the message says why."""
 
@@ -178,7 +182,7 @@ def detect_layout(path: Path, columns: Sequence[str] | None = None) -> Layout:
         raise FlowLogError(f"{path} is empty; remove it from the input")
     first = lines[0]
 
-    if first.startswith("#"):
+    if first.startswith(_ZEEK_FIRST_DIRECTIVES):
         return _zeek_tsv_layout(path, lines)
     if first.lstrip().startswith("{"):
         return Layout(format=ZEEK_JSON)

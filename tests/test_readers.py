@@ -1,0 +1,328 @@
+"""Flow log readers on the real IoT-23 sample files and on damaged copies."""
+
+import gzip
+import json
+from collections import Counter
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+
+from edgedp import zeek
+from edgedp.data import readers, sources
+from edgedp.data.records import LINE
+from edgedp.data.sources import FlowLogError
+
+# Rows and label counts of every readable sample file, as its manifest lists
+# them (label case and the empty detailed-label spellings are merged, as the
+# readers normalise them).
+EXPECTED = {
+    "zeek/CTU-IoT-Malware-Capture-34-1.conn.log.labeled.gz": (
+        "zeek-tsv",
+        23145,
+        {"Malicious": 21222, "Benign": 1923},
+        {"DDoS": 14394, "C&C": 6706, "-": 1923, "PartOfAHorizontalPortScan": 122},
+    ),
+    "zeek/CTU-IoT-Malware-Capture-42-1.conn.log.labeled": (
+        "zeek-tsv",
+        4426,
+        {"Benign": 4420, "Malicious": 6},
+        {"-": 4420, "FileDownload": 3, "C&C-FileDownload": 3},
+    ),
+    "zeek/CTU-Honeypot-Capture-4-1.conn.log.labeled": (
+        "zeek-tsv",
+        452,
+        {"Benign": 452},
+        {"-": 452},
+    ),
+    "zeek/CTU-Honeypot-Capture-5-1.conn.log.labeled": (
+        "zeek-tsv",
+        1374,
+        {"Benign": 1374},
+        {"-": 1374},
+    ),
+    "csv/CTU-IoT-Malware-Capture-20-1.labeled.csv": (
+        "csv",
+        3209,
+        {"Benign": 3193, "Malicious": 16},
+        {"-": 3193, "C&C-Torii": 16},
+    ),
+    "csv/CTU-IoT-Malware-Capture-44-1.labeled.csv": (
+        "csv",
+        237,
+        {"Benign": 211, "Malicious": 26},
+        {"-": 211, "C&C": 14, "C&C-FileDownload": 11, "DDoS": 1},
+    ),
+    "variants/CTU-IoT-Malware-Capture-20-1.blank-markers.csv": (
+        "csv",
+        3209,
+        {"Benign": 3193, "Malicious": 16},
+        {"-": 3193, "C&C-Torii": 16},
+    ),
+    "variants/CTU-IoT-Malware-Capture-34-1+35-1.subset-2500.tsv": (
+        "tsv",
+        2500,
+        {"Benign": 1500, "Malicious": 1000},
+        {"-": 1500, "DDoS": 688, "C&C": 310, "PartOfAHorizontalPortScan": 2},
+    ),
+    "mixed/S12_benign-vs-Okiru.csv.gz": (
+        "csv",
+        21000,
+        {"Benign": 19998 + 2, "Malicious": 1000},
+        {"-": 20000, "Okiru": 1000},
+    ),
+    "mixed/S22_benign-vs-Attack.csv.gz": (
+        "csv",
+        33000,
+        {"Benign": 29997 + 3, "Malicious": 3000},
+        {"-": 30000, "Attack": 3000},
+    ),
+    "mixed/S52_benign-vs-CC-HeartBeat-Attack.csv.gz": (
+        "csv",
+        30834,
+        {"Benign": 29997 + 3, "Malicious": 834},
+        {"-": 30000, "C&C-HeartBeat-Attack": 834},
+    ),
+}
+HEADERLESS = "variants/CTU-Honeypot-Capture-4-1.noheader-merged-label.csv"
+
+
+def read(path, **options):
+    report = readers.open_report(path, columns=options.pop("columns", None))
+    frames = list(readers.read_flows(path, report=report, **options))
+    frame = pl.concat(frames) if frames else None
+    return report, frame
+
+
+def test_every_sample_file_is_covered(iot23):
+    on_disk = {
+        str(path.relative_to(iot23))
+        for path in iot23.rglob("*")
+        if path.is_file() and path.name != "MANIFEST.md"
+    }
+
+    assert on_disk == set(EXPECTED) | {HEADERLESS}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_sample_counts(iot23, name):
+    fmt, rows, labels, detailed = EXPECTED[name]
+
+    report, frame = read(iot23 / name)
+
+    assert report.format == fmt
+    assert report.rows_read == rows
+    assert frame.height == rows
+    assert report.skipped.total == 0
+    assert dict(report.labels) == labels
+    assert dict(report.detailed_labels) == detailed
+
+
+def test_headerless_rejected_by_default(iot23):
+    path = iot23 / HEADERLESS
+
+    with pytest.raises(FlowLogError) as error:
+        readers.open_report(path)
+
+    assert path.name in str(error.value)
+    assert "no header row" in str(error.value)
+    assert "--columns conn-labeled" in str(error.value)
+
+
+def test_headerless_with_columns(iot23):
+    columns = sources.resolve_columns("conn-labeled")
+
+    report, frame = read(iot23 / HEADERLESS, columns=columns)
+    _, reference = read(iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled")
+
+    assert report.rows_read == 451
+    assert report.skipped.total == 1
+    assert report.skipped.examples == [
+        f"{(iot23 / HEADERLESS).name}:364: wrong field count: expected 23, found 20"
+    ]
+    assert dict(report.labels) == {"Benign": 451}
+    kept = reference.filter(pl.col("uid") != "CsKIVp4cDCI73tkKll")
+    assert frame["uid"].to_list() == kept["uid"].to_list()
+    assert frame["ts"].to_list() == kept["ts"].to_list()
+    assert frame["duration"].equals(kept["duration"])
+
+
+def test_blank_markers_match_original(iot23):
+    _, original = read(iot23 / "csv" / "CTU-IoT-Malware-Capture-20-1.labeled.csv")
+    _, blank = read(
+        iot23 / "variants" / "CTU-IoT-Malware-Capture-20-1.blank-markers.csv"
+    )
+
+    assert blank.equals(original)
+    assert original["service"].null_count() == 2617
+    assert original["duration"].null_count() == 885
+
+
+def test_tsv_export_matches_zeek_log(iot23):
+    _, export = read(
+        iot23 / "variants" / "CTU-IoT-Malware-Capture-34-1+35-1.subset-2500.tsv"
+    )
+    _, log = read(iot23 / "zeek" / "CTU-IoT-Malware-Capture-34-1.conn.log.labeled.gz")
+
+    shared = export.join(log, on=["uid", "ts"], suffix="_log")
+
+    assert shared.height == 1266
+    for name in ("duration", "orig_bytes", "history", "label", "detailed-label"):
+        assert shared[name].equals(shared[f"{name}_log"], check_names=False)
+
+
+def test_empty_set_marker_is_null(iot23):
+    _, frame = read(iot23 / "mixed" / "S12_benign-vs-Okiru.csv.gz")
+
+    assert (frame["tunnel_parents"] == zeek.EMPTY).sum() == 0
+    assert frame["tunnel_parents"].drop_nulls().str.starts_with("C").all()
+
+
+def test_small_blocks_give_same_records(iot23):
+    path = iot23 / "zeek" / "CTU-IoT-Malware-Capture-34-1.conn.log.labeled.gz"
+
+    _, whole = read(path)
+    _, blocks = read(path, chunk_bytes=1 << 16)
+
+    assert blocks.equals(whole)
+
+
+def test_max_rows(iot23):
+    report, frame = read(
+        iot23 / "zeek" / "CTU-Honeypot-Capture-5-1.conn.log.labeled", max_rows=100
+    )
+
+    assert frame.height == 100
+    assert report.rows_read == 100
+
+
+@pytest.fixture(scope="module")
+def honeypot_lines(iot23):
+    path = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    return path.read_bytes().split(b"\n")
+
+
+def test_damaged_lines_are_counted(tmp_path, honeypot_lines):
+    header, data = honeypot_lines[:8], honeypot_lines[8:18]
+    damaged = list(data)
+    damaged[2] = b"\t".join(data[2].split(b"\t")[:10])
+    damaged[4] = data[4].replace(b"\t0\t", b"\tzero\t", 1)
+    damaged[6] = data[6].replace(b"udp", b"u\xffp", 1)
+    path = tmp_path / "damaged.conn.log"
+    path.write_bytes(b"\n".join(header + damaged) + b"\n")
+
+    report, frame = read(path)
+
+    assert report.rows_read == 7
+    assert frame.height == 7
+    assert report.skipped.counts == {
+        "wrong field count: expected 23, found 10": 1,
+        "unparsable number in missed_bytes": 1,
+        "invalid UTF-8": 1,
+    }
+    assert report.skipped.examples == [
+        "damaged.conn.log:11: wrong field count: expected 23, found 10",
+        "damaged.conn.log:13: unparsable number in missed_bytes",
+        "damaged.conn.log:15: invalid UTF-8",
+    ]
+
+
+def test_header_blocks_crlf_and_no_close(tmp_path, honeypot_lines, iot23):
+    header, data = honeypot_lines[:8], honeypot_lines[8:-2]
+    close = [honeypot_lines[-2]]
+    lines = header + data[:100] + close + header + data[100:]
+    path = tmp_path / "blocks.conn.log"
+    path.write_bytes(b"\r\n".join(lines))
+
+    report, frame = read(path)
+    _, reference = read(iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled")
+
+    assert report.skipped.total == 0
+    assert frame.drop(LINE).equals(reference.drop(LINE))
+    assert frame[LINE][100] == 9 + 100 + 9
+
+
+def test_gzip_csv_matches_plain(tmp_path, iot23):
+    original = iot23 / "csv" / "CTU-IoT-Malware-Capture-44-1.labeled.csv"
+    path = tmp_path / "44-1.csv.gz"
+    path.write_bytes(gzip.compress(original.read_bytes()))
+
+    _, plain = read(original)
+    _, packed = read(path)
+
+    assert packed.equals(plain)
+
+
+def _json_line(row: dict, iso: bool) -> str:
+    value = {}
+    for name, item in row.items():
+        if item is None or name == LINE:
+            continue
+        value[name] = item
+    if iso:
+        moment = datetime.fromtimestamp(value["ts"], tz=UTC)
+        value["ts"] = moment.isoformat().replace("+00:00", "Z")
+    for name in ("id.orig_p", "id.resp_p", "orig_pkts"):
+        if name in value:
+            value[name] = int(value[name])
+    return json.dumps(value)
+
+
+def test_json_matches_tsv(tmp_path, iot23):
+    _, reference = read(iot23 / "csv" / "CTU-IoT-Malware-Capture-44-1.labeled.csv")
+    rows = reference.to_dicts()
+    lines = [_json_line(row, iso=index % 2 == 1) for index, row in enumerate(rows)]
+    lines.insert(3, "{not json")
+    path = tmp_path / "conn.json"
+    path.write_text("\n".join(lines) + "\n")
+
+    report, frame = read(path)
+
+    assert report.format == "zeek-json"
+    assert report.rows_read == reference.height
+    assert report.skipped.examples[0].startswith("conn.json:4: invalid JSON")
+    expected = reference.drop(LINE)
+    actual = frame.drop(LINE).select(expected.columns)
+    assert actual.drop("ts").equals(expected.drop("ts"))
+    assert (actual["ts"] - expected["ts"]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"# Notes\nsome text\n", "is not a flow log"),
+        (b"#separator \\x09\n#path\tconn\n1\t2\n", "no #fields line"),
+        (b"hello, world\nfoo, bar\n", "is not a flow log"),
+        (b"\x00\x01\x02binary", "binary data"),
+        (b"ts,uid,proto\n1,C1,tcp\n", "lacks the conn.log fields id.orig_p, id.resp_p"),
+        (b"#separator \\x09\n#path\tdns\n#fields\tts\tuid\n", "Zeek dns log"),
+    ],
+)
+def test_not_a_flow_log(tmp_path, content, message):
+    path = tmp_path / "input.log"
+    path.write_bytes(content)
+
+    with pytest.raises(FlowLogError, match=message) as error:
+        readers.open_report(path)
+
+    assert str(path) in str(error.value)
+
+
+def test_manifest_markdown_rejected(iot23):
+    with pytest.raises(FlowLogError, match="MANIFEST.md is not a flow log"):
+        readers.open_report(iot23 / "MANIFEST.md")
+
+
+def test_find_logs_in_folder(iot23):
+    found = sources.find_logs([iot23])
+
+    names = Counter(path.suffix for path in found)
+    assert len(found) == len(EXPECTED) + 1
+    assert all(path.name != "MANIFEST.md" for path in found)
+    assert names[".gz"] == 4
+
+
+def test_find_logs_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        sources.find_logs([tmp_path / "absent"])
