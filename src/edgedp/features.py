@@ -430,19 +430,33 @@ def encode(columns: Mapping[str, Column], feature_set: str = EXTENDED) -> np.nda
     if len(set(lengths.values())) > 1:
         raise FeatureError(f"columns differ in length: {lengths}")
 
-    blocks = [
-        _encode_port(columns["id.orig_p"], "id.orig_p", vocabulary=False),
-        _encode_port(columns["id.resp_p"], "id.resp_p", vocabulary=True),
-        _encode_category(columns["proto"], PROTOCOLS),
-        _encode_category(columns["conn_state"], CONN_STATES),
+    encoders = [
+        lambda: _encode_port(columns["id.orig_p"], "id.orig_p", vocabulary=False),
+        lambda: _encode_port(columns["id.resp_p"], "id.resp_p", vocabulary=True),
+        lambda: _encode_category(columns["proto"], PROTOCOLS),
+        lambda: _encode_category(columns["conn_state"], CONN_STATES),
     ]
     if feature_set == PAPER:
-        blocks.append(_encode_number(columns["duration"], "duration"))
+        encoders.append(lambda: _encode_number(columns["duration"], "duration"))
     else:
-        blocks.append(_encode_service(columns["service"]))
-        blocks += [_encode_number(columns[name], name) for name in _EXTENDED_NUMBERS]
-        blocks.append(_encode_history(columns["history"]))
-    return np.concatenate(blocks, axis=1, dtype=np.float32)
+        encoders.append(lambda: _encode_service(columns["service"]))
+        encoders += [
+            lambda name=name: _encode_number(columns[name], name)
+            for name in _EXTENDED_NUMBERS
+        ]
+        encoders.append(lambda: _encode_history(columns["history"]))
+
+    # Each block is copied into its slice as soon as it exists, so at most
+    # one block lives beside the output.
+    out = np.empty(
+        (lengths["id.orig_p"], len(feature_names(feature_set))), dtype=np.float32
+    )
+    start = 0
+    for encoder in encoders:
+        block = encoder()
+        out[:, start : start + block.shape[1]] = block
+        start += block.shape[1]
+    return out
 
 
 def _length(column: Column) -> int:

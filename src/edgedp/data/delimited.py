@@ -17,8 +17,10 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from edgedp import zeek
@@ -42,21 +44,144 @@ def read_delimited(
     path: Path, layout: Layout, skips: SkipLog, *, chunk_bytes: int
 ) -> Iterator[pl.DataFrame]:
     """Yield flow record frames (see `records.to_records`) from one file."""
-    # The current Zeek header, carried from one block to the next.
-    header_box = [zeek.Header(separator=layout.separator)]
+    header = zeek.Header(separator=layout.separator, fields=layout.names)
     for first_line, chunk in read_chunks(path, chunk_bytes):
-        lines = _lines_frame(chunk, first_line)
-        if layout.format == ZEEK_TSV:
-            yield from _zeek_segments(path, lines, header_box, skips)
+        if layout.format != ZEEK_TSV:
+            if layout.header_row and first_line == 1:
+                cut = chunk.find(b"\n") + 1 or len(chunk)
+                chunk, first_line = chunk[cut:], 2
+            if layout.separator == "," and b'"' in chunk:
+                yield _quoted_csv(_lines_frame(chunk, first_line), header, skips)
+            else:
+                yield _parse_block(chunk, first_line, header, skips)
             continue
 
-        if layout.header_row and first_line == 1:
-            lines = lines.slice(1)
-        exported = zeek.Header(separator=layout.separator, fields=layout.names)
-        if layout.separator == "," and b'"' in chunk:
-            yield _quoted_csv(lines, exported, skips)
+        for line, data, is_directive in _zeek_segments(chunk, first_line):
+            if not is_directive:
+                _check_zeek_header(path, line, header)
+                yield _parse_block(data, line, header, skips)
+                continue
+            text = data.decode("utf-8", errors="replace")
+            try:
+                header = zeek.apply_directive(header, text)
+            except zeek.ZeekFormatError as error:
+                skips.add(line, f"invalid header directive: {error}")
+
+
+def _zeek_segments(chunk: bytes, first_line: int) -> Iterator[tuple[int, bytes, bool]]:
+    """Yield `(first line, bytes, is_directive)`: directive lines one by one,
+    and the runs of data lines between them."""
+    position = 0
+    line = first_line
+    while position < len(chunk):
+        if chunk.startswith(b"#", position):
+            end = chunk.find(b"\n", position) + 1 or len(chunk)
+            yield line, chunk[position:end], True
         else:
-            yield _split_lines(lines, exported, skips)
+            end = chunk.find(b"\n#", position) + 1 or len(chunk)
+            yield line, chunk[position:end], False
+        line += chunk.count(b"\n", position, end)
+        position = end
+
+
+def _check_zeek_header(path: Path, line: int, header: zeek.Header) -> None:
+    if not header.fields:
+        raise FlowLogError(
+            f"{path}:{line} has data before any #fields line; "
+            "the Zeek header block is missing or damaged"
+        )
+    if header.path not in (None, "conn"):
+        raise FlowLogError(
+            f"{path}:{line} starts a Zeek {header.path} log; "
+            "edgedp reads conn logs only, so split the file"
+        )
+
+
+def _parse_block(
+    data: bytes, first_line: int, header: zeek.Header, skips: SkipLog
+) -> pl.DataFrame:
+    """Parse data lines, by the fast path when the whole block is clean."""
+    parsed = _parse_clean(data, first_line, header)
+    if parsed is not None:
+        return parsed
+    scan = _Scan(
+        non_ascii=not data.isascii(),
+        three_spaces=zeek.IOT23_LABEL_SEPARATOR.encode() in data,
+    )
+    return _split_lines(_lines_frame(data, first_line), header, skips, scan)
+
+
+def _parse_clean(
+    data: bytes, first_line: int, header: zeek.Header
+) -> pl.DataFrame | None:
+    """Parse a block with Polars' typed CSV reader, or return None.
+
+    The reader itself rejects a line with too many fields, an unparsable
+    number or invalid UTF-8. Lines with too few fields are ruled out by
+    counting separators over the whole block: with no line too long, the
+    total is right only if every line has all its fields. Any doubt returns
+    None, and the caller parses the block line by line instead.
+    """
+    names = list(header.fields)
+    if not data or len(set(names)) != len(names) or len(header.separator) != 1:
+        return None
+    octets = np.frombuffer(data, dtype=np.uint8)
+    lines = int(np.count_nonzero(octets == ord("\n"))) + (not data.endswith(b"\n"))
+    separators = int(np.count_nonzero(octets == ord(header.separator)))
+    merged = len(names) >= 3 and zeek.IOT23_LABEL_SEPARATOR.encode() in data
+    physical = names[:-3] + ["_tail"] if merged else names
+    if separators != (len(physical) - 1) * lines:
+        return None
+
+    schema = {
+        name: pl.Float64 if name in zeek.NUMERIC_FIELDS else pl.String
+        for name in physical
+    }
+    try:
+        frame = pl.read_csv(
+            io.BytesIO(data),
+            has_header=False,
+            separator=header.separator,
+            quote_char=None,
+            schema=schema,
+            null_values=[header.unset_field, header.empty_field],
+            truncate_ragged_lines=False,
+        )
+    except (pl.exceptions.PolarsError, UnicodeDecodeError):
+        return None
+    if frame.height != lines:
+        return None
+    if merged:
+        tail = names[-3:]
+        spaced = pl.col("_tail").str.count_matches(
+            zeek.IOT23_LABEL_SEPARATOR, literal=True
+        )
+        if frame.select((spaced == 2).all()).item() is not True:
+            return None
+        frame = frame.with_columns(
+            pl.col("_tail")
+            .str.split_exact(zeek.IOT23_LABEL_SEPARATOR, 2)
+            .struct.rename_fields(tail)
+            .alias("_tail")
+        ).unnest("_tail")
+
+    numbers = [name for name in zeek.NUMERIC_FIELDS if name in frame.columns]
+    checks = frame.select(
+        pl.all_horizontal(pl.col(numbers).is_finite().fill_null(True))
+        .all()
+        .alias("finite"),
+        (pl.sum_horizontal(pl.col("ts", "uid").null_count()) == 0).alias("ids"),
+    ).row(0)
+    if not all(checks):
+        return None
+    lines_column = pl.int_range(first_line, first_line + lines, eager=True)
+    return records.clean_records(frame, lines_column, header)
+
+
+@dataclass(frozen=True)
+class _Scan:
+    non_ascii: bool
+    three_spaces: bool
 
 
 def _lines_frame(chunk: bytes, first_line: int) -> pl.DataFrame:
@@ -79,63 +204,26 @@ def _lines_frame(chunk: bytes, first_line: int) -> pl.DataFrame:
     )
 
 
-def _zeek_segments(
-    path: Path, lines: pl.DataFrame, header_box: list[zeek.Header], skips: SkipLog
-) -> Iterator[pl.DataFrame]:
-    """Split a block at directive lines and parse the data between them.
-
-    `header_box[0]` carries the current header in and out, because a header
-    block may start in one block of lines and apply to the next.
-    """
-    directives = lines.filter(pl.col(_TEXT).str.starts_with("#"))
-    start = 0
-    first = int(lines[records.LINE][0]) if lines.height else 0
-    for line, text in directives.iter_rows():
-        position = line - first
-        if position > start:
-            yield _zeek_data(
-                path, lines.slice(start, position - start), header_box[0], skips
-            )
-        try:
-            header_box[0] = zeek.apply_directive(header_box[0], text)
-        except zeek.ZeekFormatError as error:
-            skips.add(line, f"invalid header directive: {error}")
-        start = position + 1
-    if start < lines.height:
-        yield _zeek_data(path, lines.slice(start), header_box[0], skips)
-
-
-def _zeek_data(
-    path: Path, lines: pl.DataFrame, header: zeek.Header, skips: SkipLog
-) -> pl.DataFrame:
-    if not header.fields:
-        raise FlowLogError(
-            f"{path}:{lines[records.LINE][0]} has data before any #fields line; "
-            "the Zeek header block is missing or damaged"
-        )
-    if header.path not in (None, "conn"):
-        raise FlowLogError(
-            f"{path}:{lines[records.LINE][0]} starts a Zeek {header.path} log; "
-            "edgedp reads conn logs only, so split the file"
-        )
-    return _split_lines(lines, header, skips)
-
-
 def _split_lines(
-    lines: pl.DataFrame, header: zeek.Header, skips: SkipLog
+    lines: pl.DataFrame, header: zeek.Header, skips: SkipLog, scan: _Scan
 ) -> pl.DataFrame:
     """Split lines on the separator in Polars and check the field count."""
     names = header.fields
     separator = header.separator
-    text = pl.col(_TEXT).str.replace_all(
-        zeek.IOT23_LABEL_SEPARATOR, separator, literal=True
-    )
-    lines = lines.filter(pl.col(_TEXT).str.strip_chars() != "").with_columns(
+    text = pl.col(_TEXT)
+    if scan.three_spaces:
+        text = text.str.replace_all(zeek.IOT23_LABEL_SEPARATOR, separator, literal=True)
+    lines = lines.filter(pl.col(_TEXT).str.len_bytes() > 0).with_columns(
         text.alias(_TEXT)
+    )
+    invalid = (
+        pl.col(_TEXT).str.contains(_REPLACEMENT, literal=True)
+        if scan.non_ascii
+        else pl.lit(False)
     )
     counted = lines.with_columns(
         (pl.col(_TEXT).str.count_matches(separator, literal=True) + 1).alias("_n"),
-        pl.col(_TEXT).str.contains(_REPLACEMENT, literal=True).alias("_utf8"),
+        invalid.alias("_utf8"),
     )
     wrong = counted.filter(pl.col("_utf8") | (pl.col("_n") != len(names)))
     if wrong.height:

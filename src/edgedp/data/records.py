@@ -73,44 +73,127 @@ def to_records(
     """
     markers = [unset, empty, ""]
 
-    def cleaned(name: str) -> pl.Expr:
-        column = pl.col(name).str.strip_chars()
-        return pl.when(column.is_in(markers)).then(None).otherwise(column)
+    def is_marker(name: str) -> pl.Expr:
+        column = pl.col(name)
+        return (column == unset) | (column == empty) | (column == "")
 
-    numbers = {
-        name: cleaned(name).cast(pl.Float64, strict=False)
+    def number(name: str) -> pl.Expr:
+        return pl.col(name).cast(pl.Float64, strict=False)
+
+    # A number that failed to parse, or parsed as inf or NaN, while the field
+    # held something other than a missing marker. Such rows are rare, so they
+    # are re-checked one by one below.
+    suspect = pl.any_horizontal(
+        pl.col(name).is_not_null()
+        & ~number(name).is_finite().fill_null(False)
+        & ~is_marker(name)
         for name in zeek.NUMERIC_FIELDS
-    }
-    bad_number = [
-        pl.when(
-            cleaned(name).is_not_null() & ~numbers[name].is_finite().fill_null(False)
-        ).then(pl.lit(f"unparsable number in {name}"))
-        for name in zeek.NUMERIC_FIELDS
-    ]
+    )
     typed = raw.with_columns(
-        *[numbers[name].alias(name) for name in zeek.NUMERIC_FIELDS],
+        *[number(name) for name in zeek.NUMERIC_FIELDS],
         *[
-            pl.when(cleaned(name).is_in(_TRUE))
+            pl.when(pl.col(name).is_in(_TRUE))
             .then(True)
-            .when(cleaned(name).is_in(_FALSE))
+            .when(pl.col(name).is_in(_FALSE))
             .then(False)
             .otherwise(None)
             .alias(name)
             for name in zeek.BOOL_FIELDS
         ],
-        *[cleaned(name).alias(name) for name in zeek.STRING_FIELDS],
-        pl.coalesce(
-            *bad_number,
-            pl.when(cleaned("ts").is_null()).then(pl.lit("missing ts")),
-            pl.when(cleaned("uid").is_null()).then(pl.lit("missing uid")),
-        ).alias(_BAD),
+        *[
+            pl.when(is_marker(name)).then(None).otherwise(pl.col(name)).alias(name)
+            for name in zeek.STRING_FIELDS
+        ],
+        (suspect | pl.col("ts").is_null() | pl.col("uid").is_null()).alias(_BAD),
     )
 
-    bad = typed.filter(pl.col(_BAD).is_not_null())
-    if bad.height:
-        skips.add_many(bad[LINE].to_list(), bad[_BAD].to_list())
-        typed = typed.filter(pl.col(_BAD).is_null())
+    flagged = typed.filter(pl.col(_BAD))
+    if flagged.height:
+        repaired = _recheck(raw.filter(typed.get_column(_BAD)), markers, skips)
+        typed = pl.concat(
+            [typed.filter(~pl.col(_BAD)), repaired.select(typed.columns)]
+        ).sort(LINE)
     return normalize_labels(typed.drop(_BAD))
+
+
+def _recheck(raw: pl.DataFrame, markers: list[str], skips: SkipLog) -> pl.DataFrame:
+    """Parse suspect rows again with surrounding spaces removed.
+
+    Returns the rows that now parse (as `to_records` types them, with a
+    false `_BAD` flag) and records every other row in `skips`.
+    """
+    good = []
+    for row in raw.iter_rows(named=True):
+        reason = None
+        for name in zeek.NUMERIC_FIELDS:
+            value = row[name]
+            value = None if value is None or value.strip() in markers else value.strip()
+            try:
+                row[name] = zeek.parse_number(value)
+            except ValueError:
+                reason = f"unparsable number in {name}"
+                break
+        if reason is None and (row["ts"] is None or not (row["uid"] or "").strip()):
+            reason = "missing ts" if row["ts"] is None else "missing uid"
+        if reason is not None:
+            skips.add(row[LINE], reason)
+            continue
+        good.append(row)
+
+    strings = {name: raw.schema[name] for name in raw.columns}
+    frame = pl.DataFrame(good, schema=strings) if good else raw.clear()
+    numeric = [pl.col(n).cast(pl.Float64) for n in zeek.NUMERIC_FIELDS]
+    return to_records_strict(frame.with_columns(numeric), markers)
+
+
+def to_records_strict(frame: pl.DataFrame, markers: list[str]) -> pl.DataFrame:
+    """Apply the string and bool typing of `to_records` to already-checked rows."""
+    return frame.with_columns(
+        *[
+            pl.when(pl.col(name).str.strip_chars().is_in(_TRUE))
+            .then(True)
+            .when(pl.col(name).str.strip_chars().is_in(_FALSE))
+            .then(False)
+            .otherwise(None)
+            .alias(name)
+            for name in zeek.BOOL_FIELDS
+        ],
+        *[
+            pl.when(pl.col(name).str.strip_chars().is_in(markers))
+            .then(None)
+            .otherwise(pl.col(name).str.strip_chars())
+            .alias(name)
+            for name in zeek.STRING_FIELDS
+        ],
+        pl.lit(False).alias(_BAD),
+    )
+
+
+def clean_records(
+    frame: pl.DataFrame, lines: pl.Series, header: zeek.Header
+) -> pl.DataFrame:
+    """Finish a frame that Polars parsed with numbers typed and markers as null.
+
+    The caller has already checked every number, `ts` and `uid`; this adds
+    the line numbers, absent fields, the bool fields and label spelling.
+    """
+    columns = [lines.cast(pl.Int64).alias(LINE)]
+    for name in zeek.LABELED_CONN_FIELDS:
+        if name not in frame.columns:
+            columns.append(pl.lit(None, dtype=RECORD_SCHEMA[name]).alias(name))
+        elif name in zeek.BOOL_FIELDS:
+            value = pl.col(name)
+            columns.append(
+                pl.when(value.is_in(_TRUE))
+                .then(True)
+                .when(value.is_in(_FALSE))
+                .then(False)
+                .otherwise(None)
+                .alias(name)
+            )
+        else:
+            columns.append(pl.col(name))
+    return normalize_labels(frame.select(columns))
 
 
 def normalize_labels(records: pl.DataFrame) -> pl.DataFrame:
