@@ -35,8 +35,8 @@ from edgedp.data.sources import (
 
 _TEXT = "text"
 _REPLACEMENT = "\ufffd"
-# Polars needs a column separator to read whole lines; this control byte does
-# not occur in text logs, and any stray copy is turned into an invalid byte.
+# Polars reads whole lines only with a column separator that never occurs.
+# Text logs contain no 0x1F byte, and a stray one is turned into invalid UTF-8.
 _LINE_SEPARATOR = b"\x1f"
 
 
