@@ -1,3 +1,159 @@
 """Commands that convert and measure bundles: `optimize` and `bench`."""
 
-from edgedp.cli import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from edgedp.bench import DEFAULT_REPEAT
+from edgedp.cli import app, console
+from edgedp.config import STUDY_BENCH_FLOWS
+from edgedp.export import (
+    CALIBRATION_SOURCES,
+    DEFAULT_CALIBRATION,
+    DEFAULT_CALIBRATION_SIZE,
+)
+
+
+def _score(entry: dict[str, Any]) -> str:
+    validation = entry.get("validation", {})
+    for name, value in validation.items():
+        return "-" if value is None else f"{name} {value:.4f}"
+    return "-"
+
+
+@app.command()
+def optimize(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder from `edgedp train`.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prepared dataset for calibration and validation scores; "
+            "default: the one recorded in bundle.json."
+        ),
+    ] = None,
+    calibration: Annotated[
+        str,
+        typer.Option(
+            help="Flows that set the int8 activation ranges: `validation`, "
+            "`train` (the DP guarantee then no longer covers the int8 model) "
+            "or `synthetic` (uniform in [0, 1], reads no data). See "
+            "docs/shrinking.md."
+        ),
+    ] = DEFAULT_CALIBRATION,
+    calibration_size: Annotated[
+        int, typer.Option(min=1, help="Number of calibration flows.")
+    ] = DEFAULT_CALIBRATION_SIZE,
+    force: Annotated[
+        bool, typer.Option(help="Convert again even if the models are up to date.")
+    ] = False,
+) -> None:
+    """Add LiteRT float32 and int8 models to a bundle and score them."""
+    from edgedp.bundle import BundleError
+    from edgedp.dataset import DatasetError
+    from edgedp.export import optimize_bundle
+
+    if calibration not in CALIBRATION_SOURCES:
+        raise typer.BadParameter(
+            f"{calibration!r} is not one of {', '.join(CALIBRATION_SOURCES)}",
+            param_hint="--calibration",
+        )
+    try:
+        updated = optimize_bundle(
+            bundle,
+            data=data,
+            calibration=calibration,
+            calibration_size=calibration_size,
+            force=force,
+        )
+    except (BundleError, DatasetError) as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from error
+
+    formats = updated.manifest["formats"]
+    table = Table(title=f"{updated.root} ({updated.model_kind})")
+    table.add_column("format")
+    table.add_column("file")
+    table.add_column("KiB", justify="right")
+    table.add_column("validation", justify="right")
+    for name in ("torch", "fp32", "int8"):
+        entry = formats[name]
+        table.add_row(
+            name, entry["file"], f"{entry['bytes'] / 1024:.1f}", _score(entry)
+        )
+    console.print(table)
+
+    privacy = updated.manifest["privacy"]["calibration"]
+    covered = "covered" if privacy["covered_by_dp"] else "NOT covered"
+    console.print(
+        f"int8 calibration: {privacy['flows']} {privacy['source']} flows; "
+        f"DP guarantee {covered}: {privacy['effect']}"
+    )
+
+
+def _seconds(spread: dict[str, Any] | None) -> str:
+    if spread is None:
+        return "-"
+    return f"{spread['median']:.4f} ({spread['min']:.4f}-{spread['max']:.4f})"
+
+
+@app.command()
+def bench(
+    bundles: Annotated[
+        list[Path], typer.Argument(help="Bundle folders that `optimize` processed.")
+    ],
+    samples: Annotated[
+        int, typer.Option(min=1, help="Flows per measurement (the study used 7000).")
+    ] = STUDY_BENCH_FLOWS,
+    repeat: Annotated[
+        int, typer.Option(min=1, help="Fresh processes per format and bundle.")
+    ] = DEFAULT_REPEAT,
+    threads: Annotated[
+        int, typer.Option(min=1, help="CPU threads for torch and LiteRT.")
+    ] = 1,
+    out: Annotated[Path, typer.Option(help="JSON file for the full results.")] = Path(
+        "bench.json"
+    ),
+) -> None:
+    """Time one-at-a-time and batched inference, peak memory and file size."""
+    from edgedp import atomic
+    from edgedp.bench import BenchError, bench_bundles
+    from edgedp.bundle import BundleError
+
+    try:
+        results = bench_bundles(
+            bundles, samples=samples, repeat=repeat, threads=threads
+        )
+    except (BundleError, BenchError) as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from error
+
+    for result in results["bundles"]:
+        table = Table(
+            title=f"{result['bundle']} ({result['kind']}, {result['flows']} flows, "
+            f"median (min-max) of {repeat})"
+        )
+        table.add_column("variant")
+        table.add_column("file KiB", justify="right")
+        table.add_column("one at a time s", justify="right")
+        table.add_column("µs/flow", justify="right")
+        table.add_column("one batch s", justify="right")
+        table.add_column("peak RSS MiB", justify="right")
+        for name, variant in result["variants"].items():
+            size = variant["file_bytes"]
+            per_flow = variant.get("single_microseconds_per_flow")
+            table.add_row(
+                name,
+                "-" if size is None else f"{size / 1024:.1f}",
+                _seconds(variant["single_seconds"]),
+                "-" if per_flow is None else f"{per_flow:.1f}",
+                _seconds(variant["batch_seconds"]),
+                f"{variant['peak_rss_bytes']['median'] / 2**20:.1f}",
+            )
+        console.print(table)
+
+    atomic.write_json(out, results)
+    console.print(f"wrote {out}")

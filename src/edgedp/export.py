@@ -1,0 +1,658 @@
+"""Shrinking: LiteRT float32 and full-int8 models for a trained bundle.
+
+`optimize_bundle` converts a bundle's torch weights to `model_fp32.tflite`
+with litert-torch and quantizes that file to `model_int8.tflite` with
+ai-edge-quantizer: int8 weights, int8 activations, an int8 input tensor and
+a float32 output tensor. It scores the torch, float32 and int8 models on the
+validation split and records in `bundle.json`:
+
+- `formats`: per format its file, size in bytes and validation score
+  (`accuracy` for a classifier, `roc_auc` of benign against malicious
+  flows for an autoencoder); for int8 also the calibration source and size
+  and the scale and zero point of the int8 input tensor.
+- `privacy.calibration`: the calibration source and whether the DP-SGD
+  guarantee still covers the int8 model (see `CALIBRATION_SOURCES`).
+
+Only the training stack runs this module (torch, litert-torch,
+ai-edge-quantizer, scikit-learn). It imports them inside the functions that
+use them, so the command line can read its defaults cheaply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedp.bundle import (
+    FP32_MODEL,
+    INT8_MODEL,
+    TORCH_WEIGHTS,
+    Bundle,
+    BundleError,
+    add_files,
+    load_bundle,
+)
+from edgedp.config import BENIGN_CLASS, DEFAULT_SEED
+from edgedp.dataset import PreparedDataset, load_prepared
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CalibrationSource:
+    """Where the int8 activation ranges come from, and what that does to DP."""
+
+    name: str
+    covered_by_dp: bool
+    effect: str
+    """One sentence for the privacy ledger: what the source reads."""
+
+
+CALIBRATION_SOURCES: dict[str, CalibrationSource] = {
+    source.name: source
+    for source in (
+        CalibrationSource(
+            "validation",
+            covered_by_dp=False,
+            effect=(
+                "activation ranges are read from validation-split flows, "
+                "which DP-SGD never saw; the training rows stay covered, but "
+                "the validation flows are not protected by the guarantee"
+            ),
+        ),
+        CalibrationSource(
+            "train",
+            covered_by_dp=False,
+            effect=(
+                "activation ranges are min/max statistics of private training "
+                "flows computed outside DP-SGD, so the DP guarantee does not "
+                "cover the int8 model"
+            ),
+        ),
+        CalibrationSource(
+            "synthetic",
+            covered_by_dp=True,
+            effect=(
+                "activation ranges come from flows drawn uniformly from the "
+                "encoder's fixed [0, 1] feature range; no data is read, so "
+                "the int8 model is post-processing of the DP model"
+            ),
+        ),
+    )
+}
+
+DEFAULT_CALIBRATION = "validation"
+DEFAULT_CALIBRATION_SIZE = 1000
+"""Calibration flows. Min/max ranges of these small models settle well below
+this count; more flows only lengthen the calibration."""
+
+QUANTIZATION_RECIPE = "static_wi8_ai8"
+"""ai-edge-quantizer recipe: int8 channelwise weights, int8 activations and
+int8 input. `quantize_int8` keeps the output tensor float32."""
+
+FEATURE_RANGE = (0.0, 1.0)
+"""The feature encoder maps every feature into this closed range."""
+
+_FORMAT_FILES = {"torch": TORCH_WEIGHTS, "fp32": FP32_MODEL, "int8": INT8_MODEL}
+
+
+class CalibrationError(ValueError):
+    """Calibration data that cannot calibrate the bundle's model."""
+
+
+def _library_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# Loading the bundle's torch model and its data.
+
+
+def load_torch_model(bundle: Bundle):
+    """Rebuild a bundle's torch model from `model.pt`, in eval mode.
+
+    Raises:
+        BundleError: the bundle lists no torch weights, or they do not fit
+            the architecture recorded in `bundle.json`.
+    """
+    import torch
+
+    from edgedp.models import ModelSpec, build_model
+
+    weights = bundle.path(TORCH_WEIGHTS)
+    model = build_model(ModelSpec.from_json(bundle.manifest["model"]))
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, EOFError) as error:
+        raise BundleError(
+            f"{weights} does not hold weights for the model in bundle.json "
+            f"({error}); retrain the bundle"
+        ) from error
+    return model.eval()
+
+
+def _dataset_path(bundle: Bundle) -> str | None:
+    recorded = bundle.manifest.get("dataset")
+    if isinstance(recorded, dict):
+        return recorded.get("path")
+    return recorded
+
+
+def open_dataset(
+    bundle: Bundle, data: str | Path | PreparedDataset | None
+) -> PreparedDataset:
+    """Open the prepared dataset given, or the one recorded in `bundle.json`.
+
+    Raises:
+        BundleError: no dataset is given and the bundle records none, or the
+            dataset's encoder version or classes differ from the bundle's.
+        DatasetError: the dataset is missing.
+    """
+    if isinstance(data, PreparedDataset):
+        dataset = data
+    else:
+        path = data if data is not None else _dataset_path(bundle)
+        if path is None:
+            raise BundleError(
+                f"{bundle.root}/bundle.json records no prepared dataset; "
+                "pass the dataset the bundle was trained on with --data"
+            )
+        dataset = load_prepared(path)
+    if dataset.encoder_version != bundle.encoder_version:
+        raise BundleError(
+            f"{dataset.root} was encoded with feature encoder "
+            f"{dataset.encoder_version}, but {bundle.root} expects "
+            f"{bundle.encoder_version}; pass the dataset it was trained on"
+        )
+    if dataset.classes != bundle.classes:
+        raise BundleError(
+            f"{dataset.root} has classes {dataset.classes}, but {bundle.root} "
+            f"predicts {bundle.classes}; pass the dataset it was trained on"
+        )
+    return dataset
+
+
+def calibration_features(
+    source: str,
+    *,
+    size: int,
+    n_features: int,
+    dataset: PreparedDataset | None,
+    feature_names: list[str] | None = None,
+    seed: int = DEFAULT_SEED,
+) -> np.ndarray:
+    """Draw `size` calibration flows (fewer if the split is smaller).
+
+    Args:
+        source: `validation` or `train` (rows of that split, sampled without
+            replacement) or `synthetic` (see `synthetic_features`).
+        size: the number of flows.
+        n_features: the model's input width.
+        dataset: the prepared dataset; unused for `synthetic`.
+        feature_names: the bundle's feature names, for `synthetic`.
+        seed: seeds the row sample and the synthetic draws.
+
+    Returns:
+        float32 array of shape (flows, n_features).
+    """
+    if source not in CALIBRATION_SOURCES:
+        raise CalibrationError(
+            f"unknown calibration source {source!r}; "
+            f"choose one of {', '.join(CALIBRATION_SOURCES)}"
+        )
+    if size < 1:
+        raise CalibrationError(f"calibration size must be at least 1, got {size}")
+    generator = np.random.default_rng(seed)
+
+    if source == "synthetic":
+        return synthetic_features(
+            size, n_features=n_features, feature_names=feature_names, seed=seed
+        )
+
+    if dataset is None:
+        raise CalibrationError(
+            f"calibration source {source!r} needs the prepared dataset; "
+            "pass --data or use --calibration synthetic"
+        )
+    features = dataset.split(source).features
+    if len(features) == 0:
+        raise CalibrationError(f"the {source} split of {dataset.root} is empty")
+    rows = generator.choice(len(features), min(size, len(features)), replace=False)
+    return features[np.sort(rows)]
+
+
+def _synthetic_records(size: int, generator: np.random.Generator) -> dict:
+    """Draw raw flow fields from the encoder's fixed vocabularies and caps."""
+    from edgedp import features
+
+    def choose(values, missing: bool = False) -> list:
+        options = [*values, None] if missing else list(values)
+        return [options[i] for i in generator.integers(0, len(options), size)]
+
+    letters = [
+        c for letter in features.HISTORY_LETTERS for c in (letter, letter.lower())
+    ]
+    histories = [
+        "".join(letters[i] for i in generator.integers(0, len(letters), length)) or None
+        for length in generator.integers(0, 9, size)
+    ]
+    # Half of the responder ports come from the vocabulary, so that each of
+    # its slots is set about as often as the "other" slot.
+    vocabulary = np.array(features.RESP_PORTS)
+    known = vocabulary[generator.integers(0, len(vocabulary), size)]
+    any_port = generator.integers(0, 65_536, size)
+    records = {
+        "id.orig_p": generator.integers(0, 65_536, size).astype(float),
+        "id.resp_p": np.where(generator.random(size) < 0.5, known, any_port).astype(
+            float
+        ),
+        "proto": choose(features.PROTOCOLS),
+        "conn_state": choose(features.CONN_STATES),
+        "service": choose(features.SERVICES, missing=True),
+        "history": histories,
+    }
+    for field, cap in features.LOG_CAPS.items():
+        # Uniform on the encoder's log scale, with one value in ten missing.
+        values = np.expm1(generator.random(size) * np.log1p(cap))
+        values[generator.random(size) < 0.1] = np.nan
+        records[field] = values
+    return records
+
+
+def synthetic_features(
+    size: int,
+    *,
+    n_features: int,
+    feature_names: list[str] | None,
+    seed: int = DEFAULT_SEED,
+) -> np.ndarray:
+    """Draw calibration flows that read no data.
+
+    When the bundle's features are one of the fixed encoder's feature sets,
+    this draws raw flow fields (ports, protocol, connection state, service,
+    history, log-uniform counts and durations) from the encoder's own
+    vocabularies and caps and encodes them, so one-hot groups hold exactly
+    one slot as in real flows. Otherwise it draws each feature uniformly
+    from [0, 1], the range the encoder guarantees.
+
+    Returns:
+        float32 array of shape (size, n_features).
+    """
+    from edgedp import features
+
+    generator = np.random.default_rng(seed)
+    for feature_set in features.FEATURE_SETS:
+        if feature_names == features.feature_names(feature_set):
+            records = _synthetic_records(size, generator)
+            return features.encode(records, feature_set)
+
+    logger.warning(
+        "the bundle's features are not a feature set of encoder %s; "
+        "drawing synthetic calibration flows uniformly from [0, 1]",
+        features.ENCODER_VERSION,
+    )
+    low, high = FEATURE_RANGE
+    return generator.uniform(low, high, (size, n_features)).astype(np.float32)
+
+
+def _check_width(calibration: np.ndarray, width: int) -> None:
+    if calibration.ndim != 2 or calibration.shape[1] != width:
+        raise CalibrationError(
+            f"calibration data has shape {calibration.shape}, but the model takes "
+            f"(flows, {width}); calibrate with flows encoded like its training data"
+        )
+
+
+# Conversion and quantization.
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Hold back the per-op INFO records and progress output of the converters.
+
+    litert-torch and the quantizer log on the root logger, so a logger-level
+    filter cannot catch their records.
+    """
+    from litert_torch import progress
+
+    previous = logging.root.manager.disable
+    previous_quiet = progress.console.quiet
+    logging.disable(logging.INFO)
+    # litert-torch prints each conversion step to its own Rich console.
+    progress.console.quiet = True
+    try:
+        with warnings.catch_warnings():
+            # The quantizer's calibration interpreter warns that it keeps
+            # every tensor, which is what calibration needs.
+            warnings.filterwarnings("ignore", message=".*preserve_all_tensors")
+            yield
+    finally:
+        logging.disable(previous)
+        progress.console.quiet = previous_quiet
+
+
+def _strip_names(content: bytes) -> bytes:
+    """Drop tensor and subgraph names, which no interpreter needs.
+
+    The names are the torch module paths of every tensor and take a fifth
+    of a small model's file. Signature definitions are kept.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    model.description = None
+    for subgraph in model.subgraphs:
+        subgraph.name = None
+        for tensor in subgraph.tensors:
+            tensor.name = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def convert_fp32(model, n_features: int) -> bytes:
+    """Convert an eval-mode torch model to a LiteRT float32 flatbuffer.
+
+    The model gets one input of shape (1, n_features). Tensor names are
+    kept, because the quantizer keys its calibration by them.
+    """
+    import litert_torch
+    import torch
+
+    sample = torch.zeros(1, n_features, dtype=torch.float32)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.tflite"
+        with _quiet_libraries():
+            litert_torch.convert(model.eval(), (sample,)).export(str(path))
+        return path.read_bytes()
+
+
+def quantize_int8(fp32_content: bytes, calibration: np.ndarray) -> bytes:
+    """Quantize a float32 flatbuffer to full int8 with static ranges.
+
+    Activation ranges are the exact min/max over all `calibration` flows,
+    which run as one batch. (Feeding them one by one would make the
+    quantizer keep a moving average of per-flow ranges instead, which
+    depends on their order.) The input tensor's
+    range is set to the encoder's fixed feature range instead, so its scale
+    and zero point (1/255 and -128) do not depend on the calibration data,
+    and no real feature value is clipped.
+
+    Raises:
+        CalibrationError: `calibration` is not (flows, input width).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
+
+    float_interpreter = Interpreter(model_content=fp32_content)
+    (input_detail,) = float_interpreter.get_input_details()
+    _check_width(calibration, int(input_detail["shape"][1]))
+    (signature,) = float_interpreter.get_signature_list().items()
+    signature_key, names = signature
+    input_name = names["inputs"][0]
+
+    engine = quantizer.Quantizer(bytearray(fp32_content))
+    engine.load_quantization_recipe(getattr(recipe, QUANTIZATION_RECIPE)())
+    # The output stays float32: a DEQUANTIZE op at the end of the graph runs
+    # inside the invoke, where dequantizing on the host would cost each flow
+    # one more numpy call, about as long as the invoke of these small models.
+    engine.update_quantization_recipe(
+        ".*",
+        qtyping.TFLOperationName.OUTPUT,
+        algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE,
+    )
+    batch = np.ascontiguousarray(calibration, dtype=np.float32)
+    with _quiet_libraries():
+        ranges = engine.calibrate({signature_key: [{input_name: batch}]})
+
+    low, high = FEATURE_RANGE
+    ranges[input_detail["name"]] = {
+        "min": np.array([[low]], dtype=np.float32),
+        "max": np.array([[high]], dtype=np.float32),
+    }
+    with _quiet_libraries():
+        result = engine.quantize(ranges, enable_progress_report=False)
+    return bytes(result.quantized_model)
+
+
+# Scoring on the validation split.
+
+
+def validation_score(kind: str, classes: list[str], labels, outputs) -> dict:
+    """Score a model's outputs on labelled flows.
+
+    Returns `{"accuracy": ...}` for a classifier (outputs are probabilities)
+    and `{"roc_auc": ...}` of benign against malicious flows for an
+    autoencoder (outputs are reconstruction errors, higher means more
+    anomalous). ROC-AUC is None when the flows hold only one of the two.
+    """
+    labels = np.asarray(labels)
+    if kind != "autoencoder":
+        predicted = np.argmax(outputs, axis=1)
+        return {"accuracy": float(np.mean(predicted == labels))}
+
+    from sklearn.metrics import roc_auc_score
+
+    malicious = labels != classes.index(BENIGN_CLASS)
+    if malicious.all() or not malicious.any():
+        return {"roc_auc": None}
+    return {"roc_auc": float(roc_auc_score(malicious, outputs))}
+
+
+def torch_outputs(model, features: np.ndarray) -> np.ndarray:
+    """Return what the LiteRT runner returns, computed by the torch model."""
+    import torch
+
+    from edgedp.models import Autoencoder, reconstruction_error
+
+    with torch.inference_mode():
+        inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        outputs = model(inputs)
+        if isinstance(model, Autoencoder):
+            outputs = reconstruction_error(inputs, outputs)
+    return outputs.numpy()
+
+
+# The bundle step.
+
+
+def _is_current(
+    bundle: Bundle, calibration: dict[str, Any], dataset: str | None
+) -> bool:
+    """Tell whether the recorded models were made from these weights and settings.
+
+    `dataset` is the prepared dataset the caller named, or None to accept
+    the one the models were scored on.
+    """
+    formats = bundle.manifest.get("formats", {})
+    if dataset is not None and formats.get("dataset") != dataset:
+        return False
+    files = bundle.manifest.get("files", {})
+    if not (bundle.has_file(FP32_MODEL) and bundle.has_file(INT8_MODEL)):
+        return False
+    if formats.get("source_weights_sha256") != files[TORCH_WEIGHTS]["sha256"]:
+        return False
+    recorded = formats.get("int8", {}).get("calibration", {})
+    return all(recorded.get(key) == value for key, value in calibration.items())
+
+
+def optimize_bundle(
+    bundle: Bundle | str | Path,
+    *,
+    data: str | Path | PreparedDataset | None = None,
+    calibration: str = DEFAULT_CALIBRATION,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+    seed: int = DEFAULT_SEED,
+    force: bool = False,
+) -> Bundle:
+    """Add LiteRT float32 and int8 models to a bundle and record their scores.
+
+    Args:
+        bundle: an opened bundle or its folder.
+        data: the prepared dataset for validation scores and calibration;
+            by default the one recorded in `bundle.json`.
+        calibration: `validation`, `train` or `synthetic` (see
+            `CALIBRATION_SOURCES` for what each does to the DP guarantee).
+        calibration_size: flows used to calibrate int8 activation ranges.
+        seed: seeds the choice of calibration flows.
+        force: convert again even if the bundle already holds models made
+            from its current weights with these calibration settings.
+
+    Returns:
+        The updated bundle.
+
+    Raises:
+        BundleError: the bundle lacks torch weights or its files are altered.
+        CalibrationError: unknown source, or data of the wrong width.
+        DatasetError: the prepared dataset is missing or unreadable.
+    """
+    if isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle.root)
+    else:
+        bundle = load_bundle(bundle)
+    if not bundle.has_file(TORCH_WEIGHTS):
+        raise BundleError(
+            f"{bundle.root} has no {TORCH_WEIGHTS}, so there is nothing to "
+            "convert; retrain the bundle with `edgedp train`"
+        )
+    if calibration not in CALIBRATION_SOURCES:
+        raise CalibrationError(
+            f"unknown calibration source {calibration!r}; "
+            f"choose one of {', '.join(CALIBRATION_SOURCES)}"
+        )
+    wanted = {"source": calibration, "requested_size": calibration_size, "seed": seed}
+    named_dataset = None
+    if isinstance(data, PreparedDataset):
+        named_dataset = str(data.root)
+    elif data is not None:
+        named_dataset = str(Path(data))
+    if not force and _is_current(bundle, wanted, named_dataset):
+        logger.info("skipped %s: its LiteRT models are up to date", bundle.root)
+        return bundle
+
+    model = load_torch_model(bundle)
+    n_features = model.spec.input_dim
+    dataset = open_dataset(bundle, data)
+    flows = calibration_features(
+        calibration,
+        size=calibration_size,
+        n_features=n_features,
+        dataset=dataset,
+        feature_names=bundle.manifest.get("feature_names"),
+        seed=seed,
+    )
+    _check_width(flows, n_features)
+
+    logger.info("converting %s to LiteRT float32", bundle.root)
+    fp32_named = convert_fp32(model, n_features)
+    logger.info("quantizing to int8 on %d %s flows", len(flows), calibration)
+    int8_content = _strip_names(quantize_int8(fp32_named, flows))
+    fp32_content = _strip_names(fp32_named)
+
+    validation = dataset.split("validation")
+    formats = _score_formats(bundle, model, fp32_content, int8_content, validation)
+    formats["int8"]["calibration"] = {**wanted, "size": len(flows)}
+    formats["source_weights_sha256"] = bundle.manifest["files"][TORCH_WEIGHTS]["sha256"]
+    formats["validation_flows"] = len(validation)
+    formats["dataset"] = str(dataset.root)
+
+    source = CALIBRATION_SOURCES[calibration]
+    privacy = dict(bundle.manifest.get("privacy", {}))
+    privacy["calibration"] = {
+        "source": calibration,
+        "flows": len(flows),
+        "seed": seed,
+        "covered_by_dp": source.covered_by_dp,
+        "effect": source.effect,
+    }
+
+    updated = add_files(
+        bundle,
+        {
+            FP32_MODEL: _bytes_writer(fp32_content),
+            INT8_MODEL: _bytes_writer(int8_content),
+        },
+        {"formats": formats, "privacy": privacy},
+    )
+    logger.info(
+        "wrote %s (%d bytes) and %s (%d bytes) to %s",
+        FP32_MODEL,
+        len(fp32_content),
+        INT8_MODEL,
+        len(int8_content),
+        bundle.root,
+    )
+    return updated
+
+
+def _bytes_writer(content: bytes):
+    # add_files stages this write under a temporary name and moves it into
+    # place, so a plain write is atomic as seen from the bundle.
+    def write(path: Path) -> None:
+        path.write_bytes(content)
+
+    return write
+
+
+def _score_formats(
+    bundle: Bundle,
+    model,
+    fp32_content: bytes,
+    int8_content: bytes,
+    validation,
+) -> dict[str, Any]:
+    """Score the torch, float32 and int8 models on the validation split."""
+    from edgedp.edge.inference import LiteRTModel, Runner
+
+    kind, classes = bundle.model_kind, bundle.classes
+    reference = torch_outputs(model, validation.features)
+    weights_bytes = bundle.manifest["files"][TORCH_WEIGHTS]["bytes"]
+    formats: dict[str, Any] = {
+        "torch": {
+            "file": TORCH_WEIGHTS,
+            "bytes": weights_bytes,
+            "validation": validation_score(kind, classes, validation.labels, reference),
+        }
+    }
+
+    for name, content in (("fp32", fp32_content), ("int8", int8_content)):
+        runner = Runner(
+            LiteRTModel(content, name=_FORMAT_FILES[name]),
+            kind=kind,
+            classes=classes,
+            model_format=name,
+        )
+        outputs = runner.predict(validation.features)
+        entry: dict[str, Any] = {
+            "file": _FORMAT_FILES[name],
+            "bytes": len(content),
+            "validation": validation_score(kind, classes, validation.labels, outputs),
+            "max_abs_difference_from_torch": float(
+                np.max(np.abs(outputs - reference), initial=0.0)
+            ),
+        }
+        if name == "fp32":
+            entry["converter"] = f"litert-torch {_library_version('litert-torch')}"
+        else:
+            quantizer_version = _library_version("ai-edge-quantizer")
+            entry["quantizer"] = f"ai-edge-quantizer {quantizer_version}"
+            entry["recipe"] = QUANTIZATION_RECIPE
+            parameters = runner.model.input_quantization
+            entry["input_dtype"] = str(runner.model.input_dtype)
+            entry["input_quantization"] = {
+                "scale": parameters.scale,
+                "zero_point": parameters.zero_point,
+            }
+            entry["output_dtype"] = str(runner.model.output_dtype)
+        formats[name] = entry
+    return formats

@@ -1,0 +1,260 @@
+"""`edgedp optimize` on real IoT-23 bundles: what it records, the accuracy of
+each format, skipping and forcing, calibration sources and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from test_export_bundles import edge_bundles
+from typer.testing import CliRunner
+
+import edgedp.cli.shrinking  # noqa: F401  (registers optimize and bench)
+from edgedp.bundle import (
+    FP32_MODEL,
+    INT8_MODEL,
+    MANIFEST_NAME,
+    TORCH_WEIGHTS,
+    BundleError,
+    load_bundle,
+    sha256_file,
+)
+from edgedp.cli import app
+from edgedp.data.prepare import prepare_dataset
+from edgedp.export import (
+    CALIBRATION_SOURCES,
+    CalibrationError,
+    calibration_features,
+    optimize_bundle,
+    quantize_int8,
+    synthetic_features,
+)
+from edgedp.features import feature_names
+
+
+@pytest.fixture(scope="session")
+def bundles(iot23, tmp_path_factory):
+    return edge_bundles(iot23, tmp_path_factory.mktemp("edge"))
+
+
+def _plain(output: str) -> str:
+    """Join Rich's wrapped lines and drop its box drawing."""
+    return " ".join(output.replace("│", " ").split())
+
+
+def _manifest(path):
+    return json.loads((path / MANIFEST_NAME).read_text())
+
+
+@pytest.mark.parametrize("kind", ["classifier", "autoencoder"])
+def test_formats_recorded(bundles, kind):
+    bundle = getattr(bundles, kind)
+    manifest = _manifest(bundle.root)
+    formats = manifest["formats"]
+
+    for name, file in (("torch", TORCH_WEIGHTS), ("fp32", FP32_MODEL)):
+        assert formats[name]["file"] == file
+    assert formats["int8"]["file"] == INT8_MODEL
+    for name in ("torch", "fp32", "int8"):
+        path = bundle.root / formats[name]["file"]
+        assert formats[name]["bytes"] == path.stat().st_size
+        assert manifest["files"][path.name]["sha256"] == sha256_file(path)
+    assert (
+        formats["source_weights_sha256"] == manifest["files"][TORCH_WEIGHTS]["sha256"]
+    )
+    assert formats["validation_flows"] == len(bundles.dataset.split("validation"))
+    assert formats["int8"]["input_dtype"] == "int8"
+    assert formats["int8"]["input_quantization"]["zero_point"] == -128
+    assert formats["int8"]["output_dtype"] == "float32"
+    load_bundle(bundle.root)
+
+
+def test_calibration_in_privacy_ledger(bundles):
+    manifest = _manifest(bundles.classifier.root)
+    recorded = manifest["privacy"]["calibration"]
+
+    assert manifest["privacy"]["epsilon"] is None
+    assert recorded["source"] == "validation"
+    assert recorded["flows"] == 1000
+    assert recorded["covered_by_dp"] is False
+    assert manifest["formats"]["int8"]["calibration"]["size"] == 1000
+
+
+def test_classifier_accuracy_per_format(bundles):
+    formats = _manifest(bundles.classifier.root)["formats"]
+    torch_accuracy = formats["torch"]["validation"]["accuracy"]
+    fp32_accuracy = formats["fp32"]["validation"]["accuracy"]
+    int8_accuracy = formats["int8"]["validation"]["accuracy"]
+
+    # Majority class (Benign) share of the validation split is about 0.62.
+    assert torch_accuracy > 0.9
+    assert abs(fp32_accuracy - torch_accuracy) < 1e-3
+    assert abs(int8_accuracy - fp32_accuracy) <= 0.01
+    assert formats["fp32"]["max_abs_difference_from_torch"] < 1e-5
+
+
+def test_autoencoder_roc_auc_per_format(bundles):
+    formats = _manifest(bundles.autoencoder.root)["formats"]
+    torch_auc = formats["torch"]["validation"]["roc_auc"]
+
+    assert 0.5 < torch_auc <= 1.0
+    assert formats["fp32"]["validation"]["roc_auc"] == pytest.approx(
+        torch_auc, abs=1e-4
+    )
+    assert formats["int8"]["validation"]["roc_auc"] == pytest.approx(
+        torch_auc, abs=0.01
+    )
+
+
+def test_int8_file_smaller_than_fp32(bundles):
+    formats = _manifest(bundles.classifier.root)["formats"]
+
+    assert formats["int8"]["bytes"] < 0.4 * formats["fp32"]["bytes"]
+
+
+def test_no_temporary_files_left(bundles):
+    for bundle in (bundles.classifier, bundles.autoencoder):
+        names = sorted(path.name for path in bundle.root.iterdir())
+        assert names == sorted([MANIFEST_NAME, TORCH_WEIGHTS, FP32_MODEL, INT8_MODEL])
+
+
+def test_cli_synthetic_then_skip_then_force(bundles, caplog):
+    path = bundles.copy(bundles.classifier, "synthetic")
+
+    result = CliRunner().invoke(
+        app, ["optimize", str(path), "--calibration", "synthetic"]
+    )
+
+    assert result.exit_code == 0, result.output
+    manifest = _manifest(path)
+    assert manifest["privacy"]["calibration"]["source"] == "synthetic"
+    assert manifest["privacy"]["calibration"]["covered_by_dp"] is True
+    assert (
+        abs(
+            manifest["formats"]["int8"]["validation"]["accuracy"]
+            - manifest["formats"]["fp32"]["validation"]["accuracy"]
+        )
+        <= 0.01
+    )
+
+    int8_time = os.stat(path / INT8_MODEL).st_mtime_ns
+    with caplog.at_level("INFO", logger="edgedp.export"):
+        optimize_bundle(path, calibration="synthetic")
+    assert "up to date" in caplog.text
+    assert os.stat(path / INT8_MODEL).st_mtime_ns == int8_time
+
+    optimize_bundle(path, calibration="synthetic", force=True)
+    assert os.stat(path / INT8_MODEL).st_mtime_ns != int8_time
+    load_bundle(path)
+
+
+@pytest.fixture(scope="session")
+def paper_dataset(bundles, iot23):
+    """A prepared dataset of the same encoder with the narrower paper features."""
+    return prepare_dataset(
+        [iot23 / "zeek", iot23 / "csv", iot23 / "mixed"],
+        bundles.root / "prepared-paper",
+        feature_set="paper",
+    )
+
+
+def test_calibration_of_wrong_width_rejected(bundles, paper_dataset):
+    before = (bundles.classifier.root / MANIFEST_NAME).read_bytes()
+
+    with pytest.raises(CalibrationError, match=r"\(flows, 109\)"):
+        optimize_bundle(bundles.classifier, data=paper_dataset, force=True)
+
+    assert (bundles.classifier.root / MANIFEST_NAME).read_bytes() == before
+
+
+def test_quantizer_rejects_wrong_width(bundles):
+    content = (bundles.classifier.root / FP32_MODEL).read_bytes()
+
+    with pytest.raises(CalibrationError, match=r"shape \(10, 108\)"):
+        quantize_int8(content, np.zeros((10, 108), dtype=np.float32))
+
+
+def test_unknown_calibration_source_rejected(bundles):
+    with pytest.raises(CalibrationError, match="unknown calibration source 'test'"):
+        optimize_bundle(bundles.classifier, calibration="test", force=True)
+
+
+def test_bundle_without_weights_rejected(bundles):
+    path = bundles.copy(bundles.classifier, "no-weights")
+    manifest = _manifest(path)
+    del manifest["files"][TORCH_WEIGHTS]
+    (path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (path / TORCH_WEIGHTS).unlink()
+
+    with pytest.raises(BundleError, match="has no model.pt"):
+        optimize_bundle(path)
+
+
+def test_bundle_with_missing_weights_file_rejected(bundles):
+    path = bundles.copy(bundles.classifier, "missing-weights")
+    (path / TORCH_WEIGHTS).unlink()
+
+    with pytest.raises(BundleError, match="model.pt is listed in bundle.json"):
+        optimize_bundle(path)
+
+
+def test_cli_reports_bad_bundle(tmp_path):
+    result = CliRunner().invoke(app, ["optimize", str(tmp_path)])
+
+    assert result.exit_code == 2
+    assert "is not a bundle (bundle.json not found)" in _plain(result.output)
+
+
+def test_cli_rejects_unknown_source(tmp_path):
+    result = CliRunner().invoke(
+        app, ["optimize", str(tmp_path), "--calibration", "test"]
+    )
+
+    assert result.exit_code == 2
+    assert "'test' is not one of validation, train, synthetic" in _plain(result.output)
+
+
+def test_calibration_sources_sample_their_split(bundles):
+    dataset = bundles.dataset
+    validation = dataset.split("validation").features
+
+    drawn = calibration_features(
+        "validation", size=50, n_features=109, dataset=dataset, seed=1
+    )
+    everything = calibration_features(
+        "validation", size=10**9, n_features=109, dataset=dataset
+    )
+
+    assert drawn.shape == (50, 109)
+    assert {row.tobytes() for row in drawn} <= {row.tobytes() for row in validation}
+    assert len(everything) == len(validation)
+
+
+def test_dp_coverage_per_source():
+    assert {name: s.covered_by_dp for name, s in CALIBRATION_SOURCES.items()} == {
+        "validation": False,
+        "train": False,
+        "synthetic": True,
+    }
+
+
+def test_synthetic_flows_are_valid_encodings():
+    names = feature_names("extended")
+    flows = synthetic_features(500, n_features=len(names), feature_names=names)
+
+    assert flows.shape == (500, len(names))
+    assert flows.min() >= 0.0
+    assert flows.max() <= 1.0
+    for group in ("proto=", "conn_state=", "service="):
+        columns = [i for i, name in enumerate(names) if name.startswith(group)]
+        assert (flows[:, columns].sum(axis=1) == 1).all(), group
+
+
+def test_synthetic_flows_for_unknown_features_are_uniform():
+    flows = synthetic_features(200, n_features=7, feature_names=["a"] * 7, seed=2)
+
+    assert flows.shape == (200, 7)
+    assert 0.0 <= flows.min() and flows.max() <= 1.0
+    assert 0.3 < flows.mean() < 0.7
