@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from edgedp.bench import DEFAULT_REPEAT
+from edgedp.bench import DEFAULT_REPEAT, VARIANTS
 from edgedp.cli import app, console
 from edgedp.config import STUDY_BENCH_FLOWS
 from edgedp.export import (
@@ -114,6 +114,14 @@ def bench(
     threads: Annotated[
         int, typer.Option(min=1, help="CPU threads for torch and LiteRT.")
     ] = 1,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Measure only this variant (repeatable): "
+            + ", ".join(VARIANTS)
+            + ". Default: all."
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="JSON file for the full results.")] = Path(
         "bench.json"
     ),
@@ -123,9 +131,19 @@ def bench(
     from edgedp.bench import BenchError, bench_bundles
     from edgedp.bundle import BundleError
 
+    unknown = sorted(set(variant or ()) - set(VARIANTS))
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}",
+            param_hint="--variant",
+        )
     try:
         results = bench_bundles(
-            bundles, samples=samples, repeat=repeat, threads=threads
+            bundles,
+            samples=samples,
+            repeat=repeat,
+            threads=threads,
+            variants=variant or VARIANTS,
         )
     except (BundleError, BenchError) as error:
         console.print(f"[red]error:[/] {error}")
