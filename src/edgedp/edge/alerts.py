@@ -1,0 +1,237 @@
+"""Alert output of `edgedp serve`: one JSON object per line.
+
+Each line describes one flow:
+
+- `ts` (Zeek's epoch seconds of the connection start) and `time` (the same
+  instant in ISO 8601, UTC);
+- `uid`, `id.orig_h`, `id.orig_p`, `id.resp_h`, `id.resp_p`, `proto`,
+  named as in Zeek, so that alerts join back to conn.log on `uid`;
+- `alert`: true when the model flags the flow (always true without `--all`);
+- classifier: `class` (the predicted class) and `probability` (its
+  probability);
+- autoencoder: `score` (reconstruction error) and `threshold`;
+- `bundle_id` and `model_format`, which identify the model;
+- `log` and `line`: the file and line number the flow was read from.
+
+Lines are written with one `write` call per batch on a file opened in append
+mode, so readers never see half a batch interleaved with other writers'
+output, and `reopen` (on SIGHUP) lets logrotate move the alert file away.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from json.encoder import encode_basestring_ascii as _quote  # type: ignore[attr-defined]
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from edgedp.edge.records import MISSING_MARKERS, FlowColumns, flow_time
+from edgedp.edge.verdicts import Verdicts
+
+
+def _number(value: float, digits: int = 6) -> str:
+    if not math.isfinite(value):
+        return "null"
+    return format(value, f".{digits}g")
+
+
+def _port(value: float) -> str:
+    return "null" if math.isnan(value) else str(int(value))
+
+
+def _string(value: str | None) -> str:
+    if value is None or value in MISSING_MARKERS:
+        return "null"
+    return _quote(value)
+
+
+class _TimeFormatter:
+    """Format a flow's `ts` as the JSON values of `ts` and `time`.
+
+    `time` is ISO 8601 UTC with microseconds. Zeek writes `ts` as seconds
+    with six decimals, and such text is already a JSON number whose
+    decimals are the microseconds, so it is used as it is. Other values go
+    through `float`, with microseconds rounded half to even as
+    `datetime.fromtimestamp` rounds them. The date and time of day are
+    cached per whole second, since the flows of a batch share few seconds.
+    """
+
+    def __init__(self) -> None:
+        self._seconds: dict[int, str] = {}
+
+    def __call__(self, raw: Any) -> tuple[str, str]:
+        """Return the JSON values of `ts` and `time` for one `ts` column value."""
+        if isinstance(raw, str):
+            raw = raw.rpartition("\n")[2]
+            head, dot, tail = raw.partition(".")
+            if (
+                len(tail) == 6
+                and head.isascii()
+                and head.isdigit()
+                and tail.isascii()
+                and tail.isdigit()
+                and head[0] != "0"
+            ):
+                prefix = self._prefix(int(head))
+                if prefix is None:
+                    return raw, "null"
+                return raw, f'"{prefix}.{tail}Z"'
+
+        ts = flow_time(raw)
+        if ts is None:
+            return "null", "null"
+        whole = math.floor(ts)
+        micro = round((ts - whole) * 1e6)
+        if micro == 1_000_000:
+            whole, micro = whole + 1, 0
+        prefix = self._prefix(whole)
+        if prefix is None:
+            return repr(ts), "null"
+        return repr(ts), f'"{prefix}.{micro:06d}Z"'
+
+    def _prefix(self, whole: int) -> str | None:
+        prefix = self._seconds.get(whole)
+        if prefix is None:
+            try:
+                prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+            except (OverflowError, OSError, ValueError):
+                return None
+            if len(self._seconds) >= 4096:
+                self._seconds.clear()
+            self._seconds[whole] = prefix
+        return prefix
+
+
+class AlertWriter:
+    """Format verdicts as JSON lines and write them to a file or stdout.
+
+    Args:
+        path: the alert file, appended to; None or `-` writes to stdout.
+        bundle_id: the bundle's id, repeated on every line.
+        model_format: `fp32` or `int8`.
+        classes: the classifier's class names (unused for an autoencoder).
+        threshold: the autoencoder's threshold (None for a classifier).
+        all_flows: write every flow, not only flagged ones.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        bundle_id: str,
+        model_format: str,
+        classes: list[str],
+        threshold: float | None,
+        all_flows: bool = False,
+    ) -> None:
+        self.path = None if path in (None, "-") else Path(path)  # type: ignore[arg-type]
+        self.all_flows = all_flows
+        self.classes = [_quote(name) for name in classes]
+        self._threshold = "null" if threshold is None else _number(threshold, 9)
+        self._tail = (
+            f',"bundle_id":{_quote(bundle_id)},"model_format":{_quote(model_format)}'
+        )
+        self._format_time = _TimeFormatter()
+        self._stream: TextIO = sys.stdout
+        self._owned = False
+        self.reopen()
+
+    def reopen(self) -> None:
+        """Open the alert file again, for example after logrotate moved it."""
+        if self.path is None:
+            return
+        if self._owned:
+            self._stream.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._stream = open(self.path, "a", encoding="ascii", buffering=1 << 16)
+        self._owned = True
+
+    def write(self, flows: FlowColumns, verdicts: Verdicts) -> int:
+        """Write the lines for one batch; return how many were written."""
+        if self.all_flows:
+            rows = np.arange(len(flows))
+        else:
+            rows = np.flatnonzero(verdicts.alert)
+        if not len(rows):
+            return 0
+
+        columns = flows.columns
+        picked = rows.tolist()
+        times = [self._format_time(columns["ts"][row]) for row in picked]
+        uids = [_string(columns["uid"][row]) for row in picked]
+        origins = [_string(columns["id.orig_h"][row]) for row in picked]
+        responders = [_string(columns["id.resp_h"][row]) for row in picked]
+        protocols = [_string(columns["proto"][row]) for row in picked]
+        origin_ports = [_port(port) for port in columns["id.orig_p"][rows].tolist()]
+        responder_ports = [_port(port) for port in columns["id.resp_p"][rows].tolist()]
+        alerts = ["true" if alert else "false" for alert in verdicts.alert[rows]]
+        models = self._model_fields(verdicts, rows)
+        logs = [_quote(flows.sources[row]) for row in picked]
+        lines = flows.lines[rows].tolist()
+
+        records = zip(
+            times,
+            uids,
+            origins,
+            origin_ports,
+            responders,
+            responder_ports,
+            protocols,
+            alerts,
+            models,
+            logs,
+            lines,
+            strict=True,
+        )
+        text = "".join(self._format_line(*record) for record in records)
+        self._stream.write(text)
+        self._stream.flush()
+        return len(picked)
+
+    def _format_line(
+        self,
+        stamp: tuple[str, str],
+        uid: str,
+        orig_h: str,
+        orig_p: str,
+        resp_h: str,
+        resp_p: str,
+        proto: str,
+        alert: str,
+        model: str,
+        source: str,
+        line: int,
+    ) -> str:
+        """Return one alert line from its JSON-encoded values."""
+        ts, moment = stamp
+        return (
+            f'{{"ts":{ts},"time":{moment},"uid":{uid},"id.orig_h":{orig_h},'
+            f'"id.orig_p":{orig_p},"id.resp_h":{resp_h},"id.resp_p":{resp_p},'
+            f'"proto":{proto},"alert":{alert},{model}{self._tail},'
+            f'"log":{source},"line":{line}}}\n'
+        )
+
+    def _model_fields(self, verdicts: Verdicts, rows: np.ndarray) -> list[str]:
+        if verdicts.class_index is not None:
+            assert verdicts.probability is not None
+            classes = [self.classes[index] for index in verdicts.class_index[rows]]
+            probabilities = verdicts.probability[rows].tolist()
+            return [
+                f'"class":{name},"probability":{_number(probability)}'
+                for name, probability in zip(classes, probabilities, strict=True)
+            ]
+        assert verdicts.score is not None
+        return [
+            f'"score":{_number(score, 9)},"threshold":{self._threshold}'
+            for score in verdicts.score[rows].tolist()
+        ]
+
+    def close(self) -> None:
+        self._stream.flush()
+        if self._owned:
+            self._stream.close()
+            self._owned = False

@@ -1,0 +1,445 @@
+"""Line sources for the gateway: a log file (optionally followed like
+`tail -F`), a folder of rotated logs, or a stream such as stdin.
+
+Every source returns `Chunk`s: the complete lines that one read produced, the
+file they came from and the line number of the first one. A line is complete
+when its newline has been read. The unterminated tail of a file is a line only
+once the file is known to be finished: at the end of a file that is not
+followed, or when a followed file has been rotated away.
+
+Follow mode polls, because the standard library has no portable file change
+notification. At the end of the data the source sleeps `poll_interval`
+seconds between checks, so a line written to the log reaches the runtime
+after at most about that long.
+
+This module uses only the standard library, because the gateway runtime
+imports it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import select
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 1 << 18
+"""Bytes requested per read call: 256 KiB."""
+
+DEFAULT_MAX_LINE_BYTES = 1 << 16
+"""Longest accepted line, newline excluded. Zeek conn.log lines are a few
+hundred bytes, so 64 KiB leaves room for long `tunnel_parents` sets."""
+
+DEFAULT_POLL_INTERVAL = 0.01
+"""Seconds between checks of a followed file that has no new data."""
+
+
+@dataclass
+class Chunk:
+    """Complete lines from one read of one file.
+
+    `lines` holds each line without its `\\n`. A `\\r` before it is kept, so
+    the parser sees CRLF logs as they are. An overlong line is `None` in
+    place of its bytes, so line numbers stay right and the parser can count
+    it.
+    """
+
+    lines: list[bytes | None]
+    source: str
+    """File name (or `<stdin>`) the lines come from."""
+    first_line: int
+    """1-based line number of `lines[0]` in its file."""
+    generation: int
+    """Number of the file instance: it changes on rotation, truncation and
+    every new file of a folder, and a parser resets its header state then."""
+    read_at: float = field(default_factory=time.monotonic)
+    """`time.monotonic()` when the bytes were read."""
+
+
+class LineSource(Protocol):
+    """Anything that produces chunks of lines."""
+
+    @property
+    def finished(self) -> bool:
+        """True once the source will produce no more lines."""
+        ...
+
+    def read(self, timeout: float) -> Chunk | None:
+        """Return the next chunk, or None if none arrived within `timeout` s."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LineSplitter:
+    """Split a byte stream into lines, holding a partial last line back.
+
+    A line longer than `max_line_bytes` is reported once as `None` and its
+    bytes are dropped up to the next newline, so a runaway line never holds
+    more than `max_line_bytes` in memory.
+    """
+
+    def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        if max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be positive, got {max_line_bytes}")
+        self.max_line_bytes = max_line_bytes
+        self.lines_seen = 0
+        """Lines returned so far (overlong ones included)."""
+        self._partial = b""
+        self._skipping_overlong = False
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of the partial line held back."""
+        return len(self._partial)
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        """Return the lines that `data` completes."""
+        if self._partial:
+            data = self._partial + data
+        lines: list[bytes | None] = data.split(b"\n")  # type: ignore[assignment]
+        partial = lines.pop()
+        assert partial is not None
+
+        if self._skipping_overlong and lines:
+            # The first piece ends the overlong line already reported.
+            del lines[0]
+            self._skipping_overlong = False
+        if lines and max(map(len, lines)) > self.max_line_bytes:  # type: ignore[arg-type]
+            limit = self.max_line_bytes
+            lines = [line if len(line) <= limit else None for line in lines]  # type: ignore[arg-type]
+
+        if self._skipping_overlong:
+            partial = b""
+        elif len(partial) > self.max_line_bytes:
+            lines.append(None)
+            partial = b""
+            self._skipping_overlong = True
+        self._partial = partial
+        self.lines_seen += len(lines)
+        return lines
+
+    def finish(self) -> list[bytes | None]:
+        """Return the unterminated last line, if any, and reset the splitter."""
+        partial = self._partial
+        skipping = self._skipping_overlong
+        self.reset()
+        if partial and not skipping:
+            self.lines_seen += 1
+            return [partial]
+        return []
+
+    def reset(self) -> int:
+        """Drop the partial line and return how many bytes were dropped."""
+        dropped = len(self._partial)
+        self._partial = b""
+        self._skipping_overlong = False
+        return dropped
+
+
+class _SplitterSource:
+    """Shared chunk bookkeeping for the concrete sources."""
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self._splitter = LineSplitter(max_line_bytes)
+        self._source = ""
+        self._generation = 0
+        self.finished = False
+
+    def _start_file(self, name: str) -> None:
+        self._splitter = LineSplitter(self._splitter.max_line_bytes)
+        self._source = name
+        self._generation += 1
+
+    def _chunk(self, lines: list[bytes | None]) -> Chunk | None:
+        if not lines:
+            return None
+        first = self._splitter.lines_seen - len(lines) + 1
+        return Chunk(lines, self._source, first, self._generation)
+
+
+def _open_log(path: Path) -> BinaryIO:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb", buffering=0)
+
+
+class FileSource(_SplitterSource):
+    """One log file, read to its end or followed like `tail -F`.
+
+    Following keeps reading after the end of the data and handles what Zeek
+    and log rotation tools do to a log:
+
+    - rotation: the file is renamed and a new one is created at `path`. The
+      renamed file is read to its end, then `path` is reopened.
+    - truncation: the file shrinks below the read position. Reading restarts
+      at offset 0, and a held partial line is dropped and reported through
+      `on_event`.
+    - a missing file: the source waits for `path` to appear.
+
+    NOTE: a file truncated and then refilled beyond the old read position
+    between two polls cannot be told apart from a file that only grew, so
+    the lines before the old position are missed. `tail -F` shares this
+    limit. Zeek itself never truncates its logs.
+
+    Args:
+        path: the log file. A `.gz` file is read to its end and never
+            followed.
+        follow: keep reading after the end of the data.
+        from_end: start at the end of the existing data, after reading the
+            leading header lines (`#...`) so that the field layout is known.
+        on_event: called with `(kind, message)` for `rotated`, `truncated`,
+            `partial_dropped` and `waiting` events; the caller counts and
+            logs them.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        follow: bool = False,
+        from_end: bool = False,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        on_event: Callable[[str, str], None] | None = None,
+    ) -> None:
+        super().__init__(max_line_bytes)
+        self.path = Path(path)
+        self.follow = follow and self.path.suffix != ".gz"
+        self.poll_interval = poll_interval
+        self._on_event = on_event or (lambda kind, message: None)
+        self._handle: BinaryIO | None = None
+        self._position = 0
+        self._pending: Chunk | None = None
+        self._waiting_reported = False
+        if not self.follow and not self.path.is_file():
+            raise FileNotFoundError(f"input log {self.path} not found")
+        self._open(from_end=from_end)
+
+    def _open(self, *, from_end: bool = False) -> bool:
+        try:
+            handle = _open_log(self.path)
+        except FileNotFoundError:
+            return False
+        self._handle = handle
+        self._position = 0
+        self._waiting_reported = False
+        self._start_file(self.path.name)
+        if from_end and self.follow:
+            self._pending = self._skip_existing_lines()
+        return True
+
+    def _skip_existing_lines(self) -> Chunk | None:
+        """Read up to the current end of the file and keep only `#` lines.
+
+        The header lines tell the parser the field layout, and the line
+        numbers stay right because every skipped line is counted. A line
+        that is unfinished at the end is kept and completes as usual.
+        """
+        assert self._handle is not None
+        size = os.fstat(self._handle.fileno()).st_size
+        headers: list[bytes | None] = []
+        while self._position < size:
+            data = self._handle.read(min(READ_SIZE, size - self._position))
+            if not data:
+                break
+            self._position += len(data)
+            lines = self._splitter.feed(data)
+            headers.extend(line for line in lines if line and line.startswith(b"#"))
+        if not headers:
+            return None
+        return Chunk(headers, self._source, 1, self._generation)
+
+    def read(self, timeout: float) -> Chunk | None:
+        if self._pending is not None:
+            chunk, self._pending = self._pending, None
+            return chunk
+        deadline = time.monotonic() + timeout
+        while not self.finished:
+            if self._handle is None and not self._open():
+                if not self._waiting_reported:
+                    self._waiting_reported = True
+                    self._on_event("waiting", f"waiting for {self.path} to appear")
+            elif (chunk := self._read_available()) is not None:
+                return chunk
+            elif not self.follow:
+                return self._finish()
+            elif (chunk := self._check_rotation()) is not None:
+                return chunk
+
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(self.poll_interval, remaining))
+        return None
+
+    def _read_available(self) -> Chunk | None:
+        """Return the lines of the next block, or None at the end of the data."""
+        assert self._handle is not None
+        while True:
+            data = self._handle.read(READ_SIZE)
+            if not data:
+                return None
+            self._position += len(data)
+            chunk = self._chunk(self._splitter.feed(data))
+            if chunk is not None:
+                return chunk
+
+    def _check_rotation(self) -> Chunk | None:
+        """Detect rotation or truncation at the end of the data."""
+        assert self._handle is not None
+        current = os.fstat(self._handle.fileno())
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:
+            # Renamed, and the new file is not created yet: keep the old one.
+            return None
+
+        if (at_path.st_ino, at_path.st_dev) != (current.st_ino, current.st_dev):
+            # Zeek may have written more between our last read and the rename.
+            chunk = self._read_available()
+            if chunk is not None:
+                return chunk
+            tail = self._chunk(self._splitter.finish())
+            self._handle.close()
+            self._handle = None
+            self._on_event("rotated", f"{self.path} was rotated; reopening it")
+            self._open()
+            return tail
+
+        if current.st_size < self._position:
+            dropped = self._splitter.reset()
+            self._handle.seek(0)
+            self._position = 0
+            self._start_file(self.path.name)
+            self._on_event(
+                "truncated", f"{self.path} was truncated; reading it from the start"
+            )
+            if dropped:
+                self._on_event(
+                    "partial_dropped",
+                    f"{self.path}: dropped an unfinished line of {dropped} bytes "
+                    "that the truncation cut off",
+                )
+        return None
+
+    def _finish(self) -> Chunk | None:
+        self.finished = True
+        return self._chunk(self._splitter.finish())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        self.finished = True
+
+
+def rotated_logs(folder: str | Path) -> list[Path]:
+    """Return the conn logs under `folder`, oldest first.
+
+    A conn log is a regular, non-hidden file whose name contains `conn.`
+    (`conn.log`, `conn.2024-05-01-10-00-00.log`, `conn.10:00:00-11:00:00.log.gz`,
+    `capture.conn.log.labeled`). Files are ordered by their path relative to
+    `folder`, which is time order for Zeek's date-stamped rotation names and
+    folders, and puts the current `conn.log` after its rotated siblings.
+    """
+    root = Path(folder)
+    found = [
+        path
+        for path in root.rglob("*conn.*")
+        if path.is_file()
+        and "conn." in path.name
+        and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    ]
+    return sorted(found, key=lambda path: str(path.relative_to(root)))
+
+
+class FolderSource:
+    """The conn logs of a folder, one after another (see `rotated_logs`)."""
+
+    def __init__(
+        self, folder: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    ) -> None:
+        self.folder = Path(folder)
+        self.files = rotated_logs(self.folder)
+        if not self.files:
+            raise FileNotFoundError(
+                f"no conn logs (files named *conn.*) found under {self.folder}"
+            )
+        self._max_line_bytes = max_line_bytes
+        self._index = -1
+        self._current: FileSource | None = None
+        self._generation_offset = 0
+
+    @property
+    def finished(self) -> bool:
+        return self._index >= len(self.files)
+
+    def read(self, timeout: float) -> Chunk | None:
+        while not self.finished:
+            if self._current is None or self._current.finished:
+                self._next_file()
+                continue
+            chunk = self._current.read(timeout)
+            if chunk is not None:
+                chunk.source = str(self.files[self._index].relative_to(self.folder))
+                chunk.generation += self._generation_offset
+                return chunk
+        return None
+
+    def _next_file(self) -> None:
+        if self._current is not None:
+            self._generation_offset += self._current._generation
+            self._current.close()
+            self._current = None
+        self._index += 1
+        if self._index < len(self.files):
+            path = self.files[self._index]
+            log.info("reading %s", path)
+            self._current = FileSource(path, max_line_bytes=self._max_line_bytes)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+        self._index = len(self.files)
+
+
+class StreamSource(_SplitterSource):
+    """A pipe or terminal such as stdin, read until end of file.
+
+    `select` waits for data, so a quiet pipe costs no CPU, and a signal
+    handler that sets a flag is noticed within `timeout`.
+    """
+
+    def __init__(
+        self,
+        fileno: int,
+        *,
+        name: str = "<stdin>",
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ) -> None:
+        super().__init__(max_line_bytes)
+        self._fileno = fileno
+        self._start_file(name)
+
+    def read(self, timeout: float) -> Chunk | None:
+        if self.finished:
+            return None
+        readable, _, _ = select.select([self._fileno], [], [], max(timeout, 0.0))
+        if not readable:
+            return None
+        data = os.read(self._fileno, READ_SIZE)
+        if not data:
+            self.finished = True
+            return self._chunk(self._splitter.finish())
+        return self._chunk(self._splitter.feed(data))
+
+    def close(self) -> None:
+        self.finished = True

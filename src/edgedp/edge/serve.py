@@ -1,0 +1,410 @@
+"""The gateway runtime behind `edgedp serve`: conn.log lines in, alerts out.
+
+`Gateway.run` reads lines from a `LineSource`, parses them into flow columns,
+gathers them into micro-batches, encodes each batch with the fixed feature
+encoder, scores it with the bundle's LiteRT model and writes one JSON line
+per flagged flow (or per flow with `all_flows`).
+
+A batch is classified as soon as it holds `batch` flows, when its oldest flow
+has waited `max_delay` seconds since it was read, or when the input ends.
+SIGTERM and SIGINT stop reading, classify the pending flows and return, so
+no flow already read is lost. SIGHUP reopens the alert file.
+
+The verdicts are those of `edgedp evaluate` on the same flows: the same
+encoder (`edgedp.features.encode`), the same runner
+(`edgedp.edge.inference.Runner.predict`) and the same decision rule
+(`edgedp.edge.verdicts`).
+
+This module and everything it imports use only numpy, ai_edge_litert and the
+standard library besides edgedp's pure modules; never torch or polars.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedp import features as encoder
+from edgedp.bundle import Bundle, BundleError, load_bundle
+from edgedp.edge.alerts import AlertWriter
+from edgedp.edge.follow import (
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_POLL_INTERVAL,
+    FileSource,
+    FolderSource,
+    LineSource,
+    StreamSource,
+)
+from edgedp.edge.inference import MODEL_FILES, Runner, load_runner
+from edgedp.edge.records import (
+    FORMATS,
+    MISSING_MARKERS,
+    FlowColumns,
+    LineParser,
+    categorical,
+    needed_fields,
+)
+from edgedp.edge.stats import RateLimitedWarnings, ServeStats
+from edgedp.edge.verdicts import VerdictRule
+
+log = logging.getLogger(__name__)
+
+STDIN = "-"
+
+_VOCABULARIES: dict[str, frozenset[str]] = {
+    "proto": frozenset(value.casefold() for value in encoder.PROTOCOLS),
+    "conn_state": frozenset(value.casefold() for value in encoder.CONN_STATES),
+    "service": frozenset(encoder.SERVICES),
+}
+_MAX_REPORTED_UNKNOWN = 1000
+"""Distinct unknown categories remembered for warnings; later ones are only
+counted, so hostile input cannot grow memory without bound."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Settings of one `edgedp serve` run.
+
+    Attributes:
+        bundle: the bundle folder.
+        input: a log file, a folder of rotated logs, or `-` for stdin.
+        follow: keep reading a log file after its end, like `tail -F`.
+        from_end: with `follow`, skip the flows already in the file.
+        log_format: `auto`, `tsv` or `json`.
+        model_format: `int8` or `fp32`.
+        alerts: the alert file (appended to), or `-` / None for stdout.
+        all_flows: write a line for every flow, not only alerts.
+        batch: most flows per model invoke.
+        max_delay: seconds a flow may wait for its batch to fill.
+        threshold: autoencoder threshold: a name recorded in the bundle or a
+            number; None picks the bundle's default (see `VerdictRule`).
+        stats_interval: seconds between statistics log lines.
+        max_line_bytes: longest accepted line.
+        poll_interval: seconds between checks of a followed file at its end.
+    """
+
+    bundle: Path
+    input: str
+    follow: bool = False
+    from_end: bool = False
+    log_format: str = "auto"
+    model_format: str = "int8"
+    alerts: str | None = None
+    all_flows: bool = False
+    batch: int = 1024
+    max_delay: float = 0.02
+    threshold: str | float | None = None
+    stats_interval: float = 60.0
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+
+    def __post_init__(self) -> None:
+        if self.model_format not in MODEL_FILES:
+            raise ValueError(
+                f"unknown model format {self.model_format!r}; "
+                f"choose {' or '.join(MODEL_FILES)}"
+            )
+        if self.log_format not in FORMATS:
+            raise ValueError(
+                f"unknown log format {self.log_format!r}; choose {', '.join(FORMATS)}"
+            )
+        if self.batch < 1:
+            raise ValueError(f"batch must be at least 1 flow, got {self.batch}")
+        if self.max_delay < 0:
+            raise ValueError(f"max delay must be 0 or more, got {self.max_delay} s")
+        if self.stats_interval <= 0:
+            raise ValueError(
+                f"stats interval must be positive, got {self.stats_interval} s"
+            )
+        if self.poll_interval <= 0:
+            raise ValueError(
+                f"poll interval must be positive, got {self.poll_interval} s"
+            )
+        if self.from_end and not self.follow:
+            raise ValueError("--from-end needs --follow")
+
+
+def open_bundle(path: str | Path) -> Bundle:
+    """Open a bundle for serving: hashes verified, encoder version supported.
+
+    Raises:
+        BundleError: missing or altered files, or an encoder version other
+            than this edgedp's `features.ENCODER_VERSION`.
+    """
+    return load_bundle(path, verify=True, encoder_versions=[encoder.ENCODER_VERSION])
+
+
+def bundle_feature_set(bundle: Bundle) -> str:
+    """Return the feature set whose names match the bundle's `feature_names`.
+
+    Raises:
+        BundleError: the names match no feature set of this encoder version.
+    """
+    names = bundle.manifest.get("feature_names")
+    for feature_set in encoder.FEATURE_SETS:
+        if names == encoder.feature_names(feature_set):
+            return feature_set
+    count = "no" if names is None else str(len(names))
+    raise BundleError(
+        f"{bundle.root} lists {count} feature names that match no feature set "
+        f"({', '.join(encoder.FEATURE_SETS)}) of encoder "
+        f"{encoder.ENCODER_VERSION}; retrain the bundle with this edgedp"
+    )
+
+
+def open_source(settings: ServeSettings, on_event: Any) -> LineSource:
+    """Open the line source that `settings.input` names.
+
+    Raises:
+        FileNotFoundError: the input does not exist (and is not followed).
+        ValueError: `follow` with a folder.
+    """
+    if settings.input == STDIN:
+        return StreamSource(sys.stdin.fileno(), max_line_bytes=settings.max_line_bytes)
+    path = Path(settings.input)
+    if path.is_dir():
+        if settings.follow:
+            raise ValueError(
+                f"--follow takes the current log file, but {path} is a folder; "
+                f"serve {path}/conn.log with --follow, or drop --follow to read "
+                "the rotated logs once"
+            )
+        return FolderSource(path, max_line_bytes=settings.max_line_bytes)
+    return FileSource(
+        path,
+        follow=settings.follow,
+        from_end=settings.from_end,
+        max_line_bytes=settings.max_line_bytes,
+        poll_interval=settings.poll_interval,
+        on_event=on_event,
+    )
+
+
+class Gateway:
+    """One serve run: the bundle, the model, the input and the alert output.
+
+    Raises (from the constructor):
+        BundleError: the bundle is altered, made for another encoder, or
+            lacks the model format.
+        FileNotFoundError: the input does not exist.
+    """
+
+    def __init__(
+        self, settings: ServeSettings, *, bundle: Bundle | None = None
+    ) -> None:
+        self.settings = settings
+        self.bundle = bundle or open_bundle(settings.bundle)
+        self.feature_set = bundle_feature_set(self.bundle)
+        self.rule = VerdictRule(self.bundle, threshold=settings.threshold)
+        self.runner: Runner = load_runner(
+            self.bundle, settings.model_format, max_batch=settings.batch
+        )
+        self.stats = ServeStats(interval=settings.stats_interval)
+        self.warnings = RateLimitedWarnings(interval=settings.stats_interval)
+        self.parser = LineParser(
+            needed_fields(self.feature_set),
+            log_format=settings.log_format,
+            on_bad_line=self._bad_line,
+            on_absurd_value=self._absurd_value,
+            on_notice=self._notice,
+        )
+        self._categorical_fields = [
+            field
+            for field in encoder.input_fields(self.feature_set)
+            if field in self.parser.string_fields
+        ]
+        self.source = open_source(settings, self._source_event)
+        self.writer = AlertWriter(
+            settings.alerts,
+            bundle_id=self.bundle.bundle_id,
+            model_format=settings.model_format,
+            classes=self.bundle.classes,
+            threshold=self.rule.threshold,
+            all_flows=settings.all_flows,
+        )
+        self._stop = False
+        self._reopen = False
+        self._unknown_seen: set[tuple[str, str]] = set()
+
+    def request_stop(self, *_: Any) -> None:
+        """Stop reading; pending flows are still classified (signal-safe)."""
+        self._stop = True
+
+    def _request_reopen(self, *_: Any) -> None:
+        self._reopen = True
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {
+            signal.SIGTERM: signal.signal(signal.SIGTERM, self.request_stop),
+            signal.SIGINT: signal.signal(signal.SIGINT, self.request_stop),
+        }
+        if hasattr(signal, "SIGHUP"):
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._request_reopen)
+        return previous
+
+    def run(self) -> dict[str, Any]:
+        """Serve until the input ends or a stop is requested; return totals."""
+        settings = self.settings
+        previous = self._install_signal_handlers()
+        log.info(
+            "serving bundle %s (%s, %s model, %s features) on %s; alerts to %s",
+            self.bundle.bundle_id,
+            self.bundle.model_kind,
+            settings.model_format,
+            self.feature_set,
+            "stdin" if settings.input == STDIN else settings.input,
+            settings.alerts if settings.alerts not in (None, "-") else "stdout",
+        )
+        pending: list[FlowColumns] = []
+        pending_flows = 0
+        try:
+            while not self._stop:
+                if self._reopen:
+                    self._reopen = False
+                    self.writer.reopen()
+                    log.info("reopened the alert file %s", settings.alerts)
+
+                now = time.monotonic()
+                if pending:
+                    oldest = pending[0].read_at[0]
+                    timeout = max(0.0, oldest + settings.max_delay - now)
+                else:
+                    timeout = settings.poll_interval * 5
+                chunk = self.source.read(timeout)
+                if chunk is not None:
+                    flows = self.parser.parse(chunk)
+                    if len(flows):
+                        pending.append(flows)
+                        pending_flows += len(flows)
+
+                now = time.monotonic()
+                due = bool(pending) and (
+                    pending_flows >= settings.batch
+                    or now - pending[0].read_at[0] >= settings.max_delay
+                )
+                if due or (pending and self.source.finished):
+                    self._classify(pending)
+                    pending, pending_flows = [], 0
+                self.stats.maybe_report(now)
+                if self.source.finished:
+                    break
+
+            if pending:
+                self._classify(pending)
+        except BrokenPipeError:
+            log.error("the alert output was closed by its reader; stopping")
+            self.stats.events["alert_output_closed"] += 1
+            _silence_stdout()
+        finally:
+            self.source.close()
+            self._close_writer()
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+        self.stats.report()
+        self.warnings.flush()
+        totals = self.stats.totals()
+        log.info(
+            "stopped after %d flows, %d alerts, %d bad lines",
+            totals["flows"],
+            totals["alerts"],
+            sum(totals["bad_lines"].values()),
+        )
+        return totals
+
+    def _close_writer(self) -> None:
+        try:
+            self.writer.close()
+        except BrokenPipeError:
+            _silence_stdout()
+
+    def _classify(self, pending: list[FlowColumns]) -> None:
+        flows = FlowColumns.concat(pending)
+        self._check_categories(flows)
+        columns = dict(flows.columns)
+        for field in self._categorical_fields:
+            columns[field] = categorical(columns[field])
+        features = encoder.encode(columns, self.feature_set)
+        outputs = self.runner.predict(features)
+        verdicts = self.rule.decide(outputs)
+        self.writer.write(flows, verdicts)
+        latencies = time.monotonic() - flows.read_at
+        self.stats.add_batch(
+            len(flows), int(np.count_nonzero(verdicts.alert)), latencies
+        )
+
+    def _check_categories(self, flows: FlowColumns) -> None:
+        """Count categories outside the encoder's vocabularies (encoded as other)."""
+        for field, vocabulary in _VOCABULARIES.items():
+            column = flows.columns.get(field)
+            if column is None:
+                continue
+            for value in set(column):
+                if value is None or value in MISSING_MARKERS:
+                    continue
+                names = value.split(",") if field == "service" else [value]
+                if all(name.strip().casefold() in vocabulary for name in names):
+                    continue
+                self.stats.unknown_categories[f"{field}={value}"] += column.count(value)
+                key = (field, value)
+                if key in self._unknown_seen:
+                    continue
+                if len(self._unknown_seen) < _MAX_REPORTED_UNKNOWN:
+                    self._unknown_seen.add(key)
+                row = column.index(value)
+                self.warnings.warn(
+                    "%s:%d: unknown %s %r, encoded as %s=other",
+                    flows.sources[row],
+                    flows.lines[row],
+                    field,
+                    value,
+                    field,
+                )
+
+    def _bad_line(self, reason: str, source: str, line: int, detail: str) -> None:
+        self.stats.add_bad_line(reason)
+        self.warnings.warn("%s:%d: skipped line (%s): %s", source, line, reason, detail)
+
+    def _absurd_value(self, field: str, source: str, line: int, value: float) -> None:
+        self.stats.absurd_values[field] += 1
+        self.warnings.warn(
+            "%s:%d: %s=%r is out of range; the encoder clips it",
+            source,
+            line,
+            field,
+            value,
+        )
+
+    def _notice(self, message: str) -> None:
+        log.warning("%s", message)
+
+    def _source_event(self, kind: str, message: str) -> None:
+        self.stats.events[kind] += 1
+        if kind == "partial_dropped":
+            self.stats.add_bad_line("truncated")
+            log.warning("%s", message)
+        else:
+            log.info("%s", message)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that interpreter exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def serve(settings: ServeSettings) -> dict[str, Any]:
+    """Run the gateway with `settings` and return the run's totals."""
+    return Gateway(settings).run()

@@ -1,0 +1,233 @@
+"""Line sources: splitting, `tail -F` on a live file, rotated folders, pipes."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edgedp.edge.follow import (
+    FileSource,
+    FolderSource,
+    LineSplitter,
+    StreamSource,
+    rotated_logs,
+)
+
+ZEEK_34_1 = "zeek/CTU-IoT-Malware-Capture-34-1.conn.log.labeled.gz"
+HEADER_LINES_34_1 = 8
+ROWS_34_1 = 23145
+
+
+def _drain(source, *, timeout: float = 0.05, until=None, limit: float = 20.0):
+    """Read chunks until the source finishes or `until(lines)` holds."""
+    lines: list[tuple[str, int, bytes | None]] = []
+    deadline = time.monotonic() + limit
+    while not source.finished and time.monotonic() < deadline:
+        chunk = source.read(timeout)
+        if chunk is not None:
+            for offset, line in enumerate(chunk.lines):
+                lines.append((chunk.source, chunk.first_line + offset, line))
+        if until is not None and until(lines):
+            break
+    return lines
+
+
+def test_splitter_holds_partial_line():
+    splitter = LineSplitter(max_line_bytes=100)
+
+    assert splitter.feed(b"one\ntw") == [b"one"]
+    assert splitter.pending_bytes == 2
+    assert splitter.feed(b"o\nthree") == [b"two"]
+    assert splitter.finish() == [b"three"]
+    assert splitter.lines_seen == 3
+
+
+def test_splitter_reports_overlong_once():
+    splitter = LineSplitter(max_line_bytes=8)
+
+    first = splitter.feed(b"ok\n" + b"x" * 20)
+    second = splitter.feed(b"x" * 20)
+    third = splitter.feed(b"xx\nafter\n")
+
+    assert first == [b"ok", None]
+    assert second == []
+    assert third == [b"after"]
+    assert splitter.lines_seen == 3
+
+
+def test_splitter_overlong_within_block():
+    splitter = LineSplitter(max_line_bytes=4)
+
+    assert splitter.feed(b"abc\nabcdefgh\nxy\n") == [b"abc", None, b"xy"]
+
+
+def test_file_source_reads_gzip_log(iot23):
+    source = FileSource(iot23 / ZEEK_34_1)
+
+    lines = _drain(source)
+
+    assert len(lines) == HEADER_LINES_34_1 + ROWS_34_1
+    # The file has no final newline; its last line is still returned.
+    assert lines[-1][2].startswith(b"1545490198.459568\tCt2Yhy4d33oL3yyZY9")
+    assert [number for _, number, _ in lines] == list(range(1, len(lines) + 1))
+
+
+def test_missing_input_rejected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        FileSource(tmp_path / "conn.log")
+
+
+def _writer(path: Path, script: list, done: threading.Event) -> None:
+    """Apply (action, argument) steps to `path`, as Zeek and logrotate do."""
+    for action, argument in script:
+        if action == "write":
+            with open(path, "ab") as handle:
+                handle.write(argument)
+        elif action == "rotate":
+            os.rename(path, path.with_name(argument))
+        elif action == "truncate":
+            with open(path, "r+b") as handle:
+                handle.truncate(0)
+        elif action == "sleep":
+            time.sleep(argument)
+    done.set()
+
+
+def test_follow_rotation_truncation_partial(tmp_path):
+    log = tmp_path / "conn.log"
+    log.write_bytes(b"#fields\ta\n1\n")
+    events: list[str] = []
+    source = FileSource(
+        log,
+        follow=True,
+        poll_interval=0.005,
+        on_event=lambda kind, message: events.append(kind),
+    )
+    script = [
+        ("write", b"2\n3"),
+        ("sleep", 0.1),
+        ("write", b"\n4\n"),
+        ("sleep", 0.1),
+        # Rotation: Zeek renames the log, then creates a new one.
+        ("write", b"5\n"),
+        ("rotate", "conn.2024-01-01-00-00-00.log"),
+        ("sleep", 0.1),
+        ("write", b"#fields\tb\n6\n7\n"),
+        ("sleep", 0.2),
+        ("truncate", None),
+        ("sleep", 0.1),
+        ("write", b"#fields\tc\n8\n9 unfinished"),
+    ]
+    done = threading.Event()
+    writer = threading.Thread(target=_writer, args=(log, script, done))
+    writer.start()
+
+    lines = _drain(source, until=lambda lines: done.is_set() and len(lines) >= 11)
+    # Anything more, such as the unfinished last line, would arrive now.
+    lines += _drain(source, limit=0.3)
+    writer.join()
+    source.close()
+
+    texts = [line for *_, line in lines]
+    assert texts == [
+        b"#fields\ta",
+        b"1",
+        b"2",
+        b"3",
+        b"4",
+        b"5",
+        b"#fields\tb",
+        b"6",
+        b"7",
+        b"#fields\tc",
+        b"8",
+    ]
+    assert events.count("rotated") == 1
+    assert events.count("truncated") == 1
+
+
+def test_follow_waits_for_missing_file(tmp_path):
+    log = tmp_path / "conn.log"
+    events: list[str] = []
+    source = FileSource(
+        log, follow=True, poll_interval=0.005, on_event=lambda k, m: events.append(k)
+    )
+
+    assert source.read(0.05) is None
+    log.write_bytes(b"a\nb\n")
+    lines = _drain(source, until=lambda lines: len(lines) == 2, limit=2)
+
+    assert [line for *_, line in lines] == [b"a", b"b"]
+    assert events == ["waiting"]
+
+
+def test_follow_from_end_keeps_header(tmp_path):
+    log = tmp_path / "conn.log"
+    log.write_bytes(b"#separator \\x09\n#fields\tx\nold1\nold2\npart")
+    source = FileSource(log, follow=True, from_end=True, poll_interval=0.005)
+
+    with open(log, "ab") as handle:
+        handle.write(b"ial\nnew\n")
+    lines = _drain(source, until=lambda lines: len(lines) == 4, limit=2)
+
+    assert [(number, line) for _, number, line in lines] == [
+        (1, b"#separator \\x09"),
+        (2, b"#fields\tx"),
+        (5, b"partial"),
+        (6, b"new"),
+    ]
+
+
+def test_folder_reads_rotated_logs_in_order(tmp_path):
+    (tmp_path / "2024-01-02").mkdir()
+    (tmp_path / "2024-01-01").mkdir()
+    with gzip.open(
+        tmp_path / "2024-01-01" / "conn.00:00:00-01:00:00.log.gz", "wb"
+    ) as f:
+        f.write(b"a1\na2\n")
+    (tmp_path / "2024-01-02" / "conn.00:00:00-01:00:00.log").write_bytes(b"b1\n")
+    (tmp_path / "conn.log").write_bytes(b"c1\nc2")
+    (tmp_path / "dns.log").write_bytes(b"not a conn log\n")
+    (tmp_path / ".conn.log.swp").write_bytes(b"hidden\n")
+
+    files = rotated_logs(tmp_path)
+    lines = _drain(FolderSource(tmp_path))
+
+    assert [path.relative_to(tmp_path).as_posix() for path in files] == [
+        "2024-01-01/conn.00:00:00-01:00:00.log.gz",
+        "2024-01-02/conn.00:00:00-01:00:00.log",
+        "conn.log",
+    ]
+    assert [line for *_, line in lines] == [b"a1", b"a2", b"b1", b"c1", b"c2"]
+    assert lines[2][:2] == ("2024-01-02/conn.00:00:00-01:00:00.log", 1)
+
+
+def test_folder_without_conn_logs_rejected(tmp_path):
+    (tmp_path / "dns.log").write_bytes(b"x\n")
+
+    with pytest.raises(FileNotFoundError, match="no conn logs"):
+        FolderSource(tmp_path)
+
+
+def test_stream_source_reads_pipe():
+    read_end, write_end = os.pipe()
+    source = StreamSource(read_end)
+
+    os.write(write_end, b"one\ntw")
+    first = source.read(1.0)
+    os.write(write_end, b"o\n")
+    second = source.read(1.0)
+    os.write(write_end, b"last")
+    os.close(write_end)
+    rest = _drain(source)
+    os.close(read_end)
+
+    assert first is not None and first.lines == [b"one"]
+    assert second is not None and second.lines == [b"two"]
+    assert [line for *_, line in rest] == [b"last"]
+    assert source.finished
