@@ -76,9 +76,9 @@ def test_calibration_in_privacy_ledger(bundles):
     recorded = manifest["privacy"]["calibration"]
 
     assert manifest["privacy"]["epsilon"] is None
-    assert recorded["source"] == "validation"
+    assert recorded["source"] == "synthetic"
     assert recorded["flows"] == 1000
-    assert recorded["covered_by_dp"] is False
+    assert recorded["covered_by_dp"] is True
     assert manifest["formats"]["int8"]["calibration"]["size"] == 1000
 
 
@@ -120,17 +120,18 @@ def test_no_temporary_files_left(bundles):
         assert names == sorted([MANIFEST_NAME, TORCH_WEIGHTS, FP32_MODEL, INT8_MODEL])
 
 
-def test_cli_synthetic_then_skip_then_force(bundles, caplog):
-    path = bundles.copy(bundles.classifier, "synthetic")
+def test_cli_validation_then_skip_then_force(bundles, caplog):
+    path = bundles.copy(bundles.classifier, "validation")
 
     result = CliRunner().invoke(
-        app, ["optimize", str(path), "--calibration", "synthetic"]
+        app, ["optimize", str(path), "--calibration", "validation"]
     )
 
     assert result.exit_code == 0, result.output
+    assert "DP guarantee NOT covered" in _plain(result.output)
     manifest = _manifest(path)
-    assert manifest["privacy"]["calibration"]["source"] == "synthetic"
-    assert manifest["privacy"]["calibration"]["covered_by_dp"] is True
+    assert manifest["privacy"]["calibration"]["source"] == "validation"
+    assert manifest["privacy"]["calibration"]["covered_by_dp"] is False
     assert (
         abs(
             manifest["formats"]["int8"]["validation"]["accuracy"]
@@ -141,11 +142,11 @@ def test_cli_synthetic_then_skip_then_force(bundles, caplog):
 
     int8_time = os.stat(path / INT8_MODEL).st_mtime_ns
     with caplog.at_level("INFO", logger="edgedp.export"):
-        optimize_bundle(path, calibration="synthetic")
+        optimize_bundle(path, calibration="validation")
     assert "up to date" in caplog.text
     assert os.stat(path / INT8_MODEL).st_mtime_ns == int8_time
 
-    optimize_bundle(path, calibration="synthetic", force=True)
+    optimize_bundle(path, calibration="validation", force=True)
     assert os.stat(path / INT8_MODEL).st_mtime_ns != int8_time
     load_bundle(path)
 
@@ -160,13 +161,20 @@ def paper_dataset(bundles, iot23):
     )
 
 
-def test_calibration_of_wrong_width_rejected(bundles, paper_dataset):
+def test_dataset_of_wrong_width_rejected(bundles, paper_dataset):
     before = (bundles.classifier.root / MANIFEST_NAME).read_bytes()
 
-    with pytest.raises(CalibrationError, match=r"\(flows, 109\)"):
+    with pytest.raises(BundleError, match="has 51 features, but the model"):
         optimize_bundle(bundles.classifier, data=paper_dataset, force=True)
 
     assert (bundles.classifier.root / MANIFEST_NAME).read_bytes() == before
+
+
+def test_calibration_of_wrong_width_rejected(bundles, paper_dataset):
+    with pytest.raises(CalibrationError, match=r"shape \(7, 51\)"):
+        calibration_features(
+            "validation", size=7, n_features=109, dataset=paper_dataset
+        )
 
 
 def test_quantizer_rejects_wrong_width(bundles):
