@@ -11,6 +11,7 @@ An architecture is described by a small JSON-able dict (`ModelSpec`) stored in
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -131,8 +132,62 @@ def reconstruction_error(
     return ((features - reconstruction) ** 2).mean(dim=-1)
 
 
+class ReconstructionLoss(nn.Module):
+    """Mean squared reconstruction error, with one value per flow on request.
+
+    `reduction="none"` returns each flow's mean over features (the anomaly
+    score), because Opacus's ghost clipping needs a per-sample loss. `"mean"`
+    averages those over the batch and `"sum"` adds them up.
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(
+        self, reconstruction: torch.Tensor, features: torch.Tensor
+    ) -> torch.Tensor:
+        per_flow = reconstruction_error(features, reconstruction)
+        if self.reduction == "none":
+            return per_flow
+        if self.reduction == "sum":
+            return per_flow.sum()
+        if self.reduction == "mean":
+            return per_flow.mean()
+        raise ValueError(f"unknown reduction {self.reduction!r}; use none, mean or sum")
+
+
 def build_model(spec: ModelSpec) -> Classifier | Autoencoder:
     """Build an untrained model for `spec`."""
     if spec.kind == CLASSIFIER:
         return Classifier(spec)
     return Autoencoder(spec)
+
+
+def training_loss(spec: ModelSpec) -> nn.Module:
+    """Return the loss that `net` of a model for `spec` is trained with.
+
+    The classifier's `net` returns logits, so it gets cross-entropy; the
+    autoencoder's returns the reconstruction, compared with its input.
+    """
+    if spec.kind == CLASSIFIER:
+        return nn.CrossEntropyLoss()
+    return ReconstructionLoss()
+
+
+def load_model(spec: ModelSpec, weights: str | Path) -> Classifier | Autoencoder:
+    """Build the model for `spec` and load its `state_dict` from `weights`.
+
+    Raises:
+        ValueError: the file contains weights of another architecture.
+    """
+    model = build_model(spec)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{weights} does not hold weights for {spec.kind} "
+            f"{[spec.input_dim, *spec.hidden, spec.output_dim]}: {error}"
+        ) from error
+    return model.eval()

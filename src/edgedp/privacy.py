@@ -1,0 +1,486 @@
+"""DP-SGD with Opacus: Poisson sampling, noise calibration, clipping, the ledger.
+
+The mechanism is the subsampled Gaussian mechanism of DP-SGD (Abadi et al.,
+arXiv:1607.00133). Every step includes each row of the private population
+independently with probability q (Poisson sampling) and clips each row's
+gradient to L2 norm C. It then adds Gaussian noise of standard deviation
+sigma * C to the sum of clipped gradients and divides by the expected batch
+size before the Adam update. Opacus's accountants assume exactly this sampling, so the
+epsilon they report is the epsilon of the training actually run.
+
+The noise multiplier sigma is calibrated with the PRV accountant (Gopi, Lee,
+Wutschitz, arXiv:2106.02848) for the planned q and number of steps. After
+training, a fresh accountant recomputes epsilon from the steps the optimizer
+really took, and that value goes into the ledger.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import secrets
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+ACCOUNTANT = "prv"
+COMPARISON_ACCOUNTANT = "rdp"
+SAMPLING = "poisson"
+NEIGHBOURING = "add or remove one flow record"
+
+GHOST_CLIPPING = "ghost"
+PER_SAMPLE_CLIPPING = "per_sample"
+CLIPPING_MODES: tuple[str, ...] = (GHOST_CLIPPING, PER_SAMPLE_CLIPPING)
+
+# Largest noise multiplier that calibration considers. Past it the noise
+# standard deviation is 200 clipping norms per step, which leaves no usable
+# gradient at the batch sizes a CPU trains with, and each PRV evaluation
+# slows down as the multiplier grows.
+MAX_NOISE_MULTIPLIER = 200.0
+
+History = list[tuple[float, float, int]]
+"""Accountant history: (noise multiplier, sample rate, steps) per phase."""
+
+
+class PrivacyConfigError(ValueError):
+    """DP settings that cannot be trained, with what to change."""
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """The DP-SGD settings of one training run, checked before it starts.
+
+    Attributes:
+        target_epsilon: the epsilon to reach at `target_delta`.
+        target_delta: the delta of the (epsilon, delta) guarantee. It must be
+            below 1 / `rows`, or the mechanism may publish a whole row.
+        max_grad_norm: the clipping norm C, an L2 bound on each row's gradient.
+        expected_batch_size: the mean Poisson batch size, q * `rows`.
+        epochs: passes over the data; steps are `epochs * round(1 / q)`.
+        rows: rows of the private population that training samples from.
+        population: what those rows are, for the ledger.
+    """
+
+    target_epsilon: float
+    target_delta: float
+    max_grad_norm: float
+    expected_batch_size: int
+    epochs: int
+    rows: int
+    population: str = "training split rows"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.target_epsilon) and self.target_epsilon > 0):
+            raise PrivacyConfigError(
+                f"epsilon must be a positive number, got {self.target_epsilon}; "
+                "use none for a non-private run"
+            )
+        if self.rows < 2:
+            raise PrivacyConfigError(
+                f"DP training needs at least 2 rows in the {self.population}, "
+                f"got {self.rows}; prepare a larger dataset"
+            )
+        if not 0 < self.target_delta < 1 / self.rows:
+            raise PrivacyConfigError(
+                f"delta must be above 0 and below 1/N = {1 / self.rows:.3g} for "
+                f"N = {self.rows} {self.population}, got {self.target_delta:g}; "
+                "a delta of 1/N or more allows publishing a whole row, so choose "
+                "a smaller delta such as 1e-5"
+            )
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise PrivacyConfigError(
+                f"the clipping norm (max grad norm) must be positive, got "
+                f"{self.max_grad_norm}; 1.0 is the usual start"
+            )
+        if self.epochs < 1:
+            raise PrivacyConfigError(f"epochs must be at least 1, got {self.epochs}")
+        if not 1 <= self.expected_batch_size < self.rows:
+            raise PrivacyConfigError(
+                f"the batch size must be at least 1 and below the {self.rows} "
+                f"{self.population}, got {self.expected_batch_size}; "
+                "choose a smaller batch size"
+            )
+
+    @property
+    def sample_rate(self) -> float:
+        """Poisson sampling probability q of each row at each step."""
+        return self.expected_batch_size / self.rows
+
+    @property
+    def steps(self) -> int:
+        """Planned optimizer steps: `epochs * round(1 / q)`."""
+        return self.epochs * round(1 / self.sample_rate)
+
+
+def _create_accountant(name: str):
+    from opacus.accountants import create_accountant
+
+    return create_accountant(mechanism=name)
+
+
+def compute_epsilon(
+    history: Sequence[tuple[float, float, int]],
+    *,
+    delta: float,
+    accountant: str = ACCOUNTANT,
+) -> float:
+    """Return the epsilon at `delta` of a sequence of DP-SGD phases.
+
+    Args:
+        history: (noise multiplier, sample rate, steps) of each phase, in the
+            form of Opacus's `IAccountant.history`.
+        delta: the delta of the guarantee.
+        accountant: an Opacus accountant name, `prv` or `rdp`.
+
+    Returns:
+        The accountant's upper bound on epsilon, or 0.0 for an empty history.
+    """
+    if not history:
+        return 0.0
+    fresh = _create_accountant(accountant)
+    fresh.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    with warnings.catch_warnings():
+        # The RDP accountant warns when its best order is the largest one it
+        # tries; its bound is then looser but still valid.
+        warnings.filterwarnings("ignore", message="Optimal order is the largest")
+        return float(fresh.get_epsilon(delta=delta))
+
+
+def calibrate_noise(settings: DPSettings) -> float:
+    """Return the noise multiplier that reaches the target epsilon.
+
+    Opacus's `get_noise_multiplier` searches the PRV accountant for the
+    smallest multiplier (to 0.01 in epsilon) whose epsilon at `target_delta`
+    after `settings.steps` steps at rate `settings.sample_rate` is at most
+    the target. A probe at `MAX_NOISE_MULTIPLIER` first rejects targets that
+    no usable multiplier reaches, because the search would otherwise double
+    the multiplier up to 1e6 with ever slower PRV evaluations. Results are
+    cached per process, so runs that differ only in seed calibrate once.
+
+    Raises:
+        PrivacyConfigError: even `MAX_NOISE_MULTIPLIER` does not reach the
+            target.
+    """
+    sigma = _noise_multiplier(
+        settings.target_epsilon,
+        settings.target_delta,
+        settings.sample_rate,
+        settings.steps,
+    )
+    logger.info(
+        "calibrated noise multiplier %.4f for epsilon %g at delta %g "
+        "(%d steps, sample rate %.4g, %s accountant)",
+        sigma,
+        settings.target_epsilon,
+        settings.target_delta,
+        settings.steps,
+        settings.sample_rate,
+        ACCOUNTANT,
+    )
+    return sigma
+
+
+@functools.lru_cache(maxsize=64)
+def _noise_multiplier(
+    target_epsilon: float, target_delta: float, sample_rate: float, steps: int
+) -> float:
+    from opacus.accountants.utils import get_noise_multiplier
+
+    floor = compute_epsilon(
+        [(MAX_NOISE_MULTIPLIER, sample_rate, steps)], delta=target_delta
+    )
+    if floor > target_epsilon:
+        raise PrivacyConfigError(
+            f"epsilon {target_epsilon:g} at delta {target_delta:g} is out of "
+            f"reach: with {steps} steps at sample rate {sample_rate:.3g} even "
+            f"noise multiplier {MAX_NOISE_MULTIPLIER:g} gives epsilon "
+            f"{floor:.3g}; use more training data, fewer epochs, a smaller "
+            "batch size or a larger epsilon"
+        )
+
+    with warnings.catch_warnings():
+        # The PRV accountant sizes its domain with RDP, which warns as in
+        # `compute_epsilon`.
+        warnings.filterwarnings("ignore", message="Optimal order is the largest")
+        sigma = get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=target_delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=ACCOUNTANT,
+        )
+    return float(sigma)
+
+
+def random_generator(seed: int | None) -> torch.Generator:
+    """Return a CPU generator seeded with `seed`, or from OS entropy if None."""
+    generator = torch.Generator()
+    generator.manual_seed(secrets.randbits(63) if seed is None else seed)
+    return generator
+
+
+class PoissonSampler:
+    """Draw Poisson-subsampled batches of row indices.
+
+    Each call includes every row in 0..rows-1 independently with probability
+    `sample_rate`, which is the sampling the accountant assumes. It draws the
+    gaps between included rows from a geometric distribution (the number of
+    failures before each success of the Bernoulli trials), so a step costs
+    time in proportion to the batch, not to the whole dataset.
+    """
+
+    def __init__(
+        self, rows: int, sample_rate: float, generator: torch.Generator
+    ) -> None:
+        if rows < 1 or not 0 < sample_rate <= 1:
+            raise ValueError(
+                f"need rows >= 1 and 0 < sample_rate <= 1, "
+                f"got rows={rows}, sample_rate={sample_rate}"
+            )
+        self.rows = rows
+        self.sample_rate = sample_rate
+        self.generator = generator
+        # log(1 - q) in float64; -inf when q == 1 makes every gap 0.
+        self._log_miss = math.log1p(-sample_rate) if sample_rate < 1 else -math.inf
+        mean = rows * sample_rate
+        self._chunk = max(16, int(mean + 6 * math.sqrt(mean) + 16))
+
+    def _gaps(self, count: int) -> torch.Tensor:
+        # 1 - U lies in (0, 1], so log() is finite; floor(log(1-U)/log(1-q))
+        # is geometric: P(gap >= k) = (1 - q) ** k.
+        uniform = torch.rand(count, generator=self.generator, dtype=torch.float64)
+        if self._log_miss == -math.inf:
+            return torch.zeros(count, dtype=torch.int64)
+        return torch.floor(torch.log1p(-uniform) / self._log_miss).to(torch.int64)
+
+    def sample(self) -> torch.Tensor:
+        """Return the sorted int64 indices of one batch; it may be empty."""
+        positions: list[torch.Tensor] = []
+        start = 0
+        while True:
+            ends = torch.cumsum(self._gaps(self._chunk) + 1, dim=0) + (start - 1)
+            inside = ends[ends < self.rows]
+            positions.append(inside)
+            if len(inside) < len(ends):
+                break
+            start = int(ends[-1]) + 1
+        return torch.cat(positions)
+
+
+class DPStep:
+    """One DP-SGD optimizer step per call, through Opacus.
+
+    Wraps `net` for per-sample gradient norms and `optimizer` (Adam in
+    training) in an Opacus `DPOptimizer`. Each call clips every row's
+    gradient to `max_grad_norm`, sums the clipped gradients, adds Gaussian
+    noise of standard deviation `noise_multiplier * max_grad_norm`, divides by
+    `expected_batch_size` and updates the parameters. An empty batch, which
+    Poisson sampling can draw, still takes a step with noise only, because
+    the accountant counts every step.
+
+    Clipping modes give the same update and differ only in speed:
+
+    - `ghost`: Opacus's `GradSampleModuleFastGradientClipping` computes each
+      row's gradient norm from layer activations and output gradients
+      without forming per-sample gradients. For `nn.Linear` on 2-D input the
+      norm is exact (||g_i|| * ||a_i||). A second backward pass weights each
+      row's loss by its clipping factor.
+    - `per_sample`: Opacus's `GradSampleModule` forms every row's gradient
+      and `DPOptimizer` clips it.
+
+    Args:
+        net: the module to train; every trainable layer must be supported
+            by Opacus.
+        optimizer: an optimizer over `net.parameters()`.
+        loss: a loss module with a `reduction` attribute that, set to
+            `"none"`, returns one loss per row.
+        noise_multiplier: sigma; 0 adds no noise (for tests).
+        max_grad_norm: the clipping norm C.
+        expected_batch_size: q * N, the divisor of the noisy gradient sum.
+        sample_rate: q, recorded with each step for the accountant.
+        noise_generator: the source of the Gaussian noise.
+        clipping: `ghost` or `per_sample`.
+        secure_noise: use Opacus's noise sampling that resists floating
+            point attacks (four Gaussian draws per value).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        loss: nn.Module,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: int,
+        sample_rate: float,
+        noise_generator: torch.Generator,
+        clipping: str = GHOST_CLIPPING,
+        secure_noise: bool = False,
+    ) -> None:
+        from opacus.grad_sample import (
+            GradSampleModule,
+            GradSampleModuleFastGradientClipping,
+        )
+        from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+        from opacus.utils.fast_gradient_clipping_utils import (
+            DPLossFastGradientClipping,
+        )
+
+        if clipping not in CLIPPING_MODES:
+            raise ValueError(
+                f"unknown clipping mode {clipping!r}; "
+                f"choose one of {', '.join(CLIPPING_MODES)}"
+            )
+        if getattr(loss, "reduction", None) != "mean":
+            raise ValueError(
+                f"the loss must have reduction='mean', got "
+                f"{getattr(loss, 'reduction', None)!r}"
+            )
+        self.clipping = clipping
+        self.sample_rate = sample_rate
+        self.loss = loss
+        self.accountant = _create_accountant(ACCOUNTANT)
+
+        options = {
+            "noise_multiplier": noise_multiplier,
+            "max_grad_norm": max_grad_norm,
+            "expected_batch_size": expected_batch_size,
+            "loss_reduction": "mean",
+            "generator": noise_generator,
+            "secure_mode": secure_noise,
+        }
+        if clipping == GHOST_CLIPPING:
+            self.module = GradSampleModuleFastGradientClipping(
+                net,
+                loss_reduction="mean",
+                max_grad_norm=max_grad_norm,
+                use_ghost_clipping=True,
+            )
+            self.optimizer = DPOptimizerFastGradientClipping(optimizer, **options)
+            self._ghost_loss = DPLossFastGradientClipping(
+                self.module, self.optimizer, loss, "mean"
+            )
+        else:
+            self.module = GradSampleModule(net, loss_reduction="mean")
+            self.optimizer = DPOptimizer(optimizer, **options)
+        self.optimizer.attach_step_hook(self._record_step)
+        self._parameters = [p for p in net.parameters() if p.requires_grad]
+
+    def _record_step(self, optimizer) -> None:
+        # Called by Opacus after the noise is added, so only noised steps count.
+        self.accountant.step(
+            noise_multiplier=optimizer.noise_multiplier, sample_rate=self.sample_rate
+        )
+
+    @property
+    def history(self) -> History:
+        """(noise multiplier, sample rate, steps) of the steps taken so far."""
+        return [(s, q, n) for s, q, n in self.accountant.history]
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Take one step on a Poisson batch; `inputs` may have zero rows."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if len(inputs) == 0:
+            self._prepare_empty_batch()
+        else:
+            with warnings.catch_warnings():
+                # Opacus hooks fire on outputs when inputs need no gradient,
+                # which is expected for a first layer fed with data.
+                warnings.filterwarnings("ignore", message="Full backward hook")
+                outputs = self.module(inputs)
+                if self.clipping == GHOST_CLIPPING:
+                    self._ghost_loss(outputs, targets).backward()
+                else:
+                    self.loss(outputs, targets).backward()
+        self.optimizer.step()
+
+    def _prepare_empty_batch(self) -> None:
+        # The clipped sum over zero rows is zero, so the step adds noise only.
+        for parameter in self._parameters:
+            if self.clipping == GHOST_CLIPPING:
+                parameter.grad = torch.zeros_like(parameter)
+            else:
+                parameter.grad_sample = parameter.new_zeros((0, *parameter.shape))
+
+    def close(self) -> None:
+        """Remove Opacus's hooks and attributes from the wrapped module."""
+        self.module.cleanup()
+
+
+def private_ledger(
+    settings: DPSettings,
+    *,
+    noise_multiplier: float,
+    history: History,
+    clipping: str,
+    secure_randomness: bool,
+) -> dict[str, Any]:
+    """Return the privacy ledger of a finished DP-SGD run.
+
+    Epsilon is recomputed by a fresh PRV accountant from `history`, the steps
+    that the optimizer took, and an RDP epsilon is added for comparison.
+
+    Raises:
+        PrivacyConfigError: the achieved epsilon exceeds the target, which
+            means training took more steps than were calibrated.
+    """
+    steps = sum(n for _, _, n in history)
+    epsilon = compute_epsilon(history, delta=settings.target_delta)
+    epsilon_rdp = compute_epsilon(
+        history, delta=settings.target_delta, accountant=COMPARISON_ACCOUNTANT
+    )
+    if epsilon > settings.target_epsilon:
+        raise PrivacyConfigError(
+            f"the achieved epsilon {epsilon:.4f} exceeds the target "
+            f"{settings.target_epsilon:g} after {steps} steps "
+            f"({settings.steps} were calibrated); this is a bug in the training "
+            "loop, so do not publish this model"
+        )
+    return {
+        "private": True,
+        "epsilon": epsilon,
+        "target_epsilon": settings.target_epsilon,
+        "delta": settings.target_delta,
+        "epsilon_rdp": epsilon_rdp,
+        "noise_multiplier": noise_multiplier,
+        "max_grad_norm": settings.max_grad_norm,
+        "sample_rate": settings.sample_rate,
+        "expected_batch_size": settings.expected_batch_size,
+        "steps": steps,
+        "epochs": settings.epochs,
+        "accountant": ACCOUNTANT,
+        "sampling": SAMPLING,
+        "clipping": clipping,
+        "unit": "one flow record",
+        "neighbouring": NEIGHBOURING,
+        "population": settings.population,
+        "rows": settings.rows,
+        "randomness": "secret" if secure_randomness else "seeded",
+    }
+
+
+def non_private_ledger(*, population: str, rows: int, steps: int) -> dict[str, Any]:
+    """Return the ledger of a run without DP: epsilon is infinite."""
+    return {
+        "private": False,
+        "epsilon": math.inf,
+        "target_epsilon": None,
+        "delta": None,
+        "noise_multiplier": 0.0,
+        "max_grad_norm": None,
+        "sample_rate": None,
+        "steps": steps,
+        "accountant": None,
+        "sampling": "shuffled fixed-size batches",
+        "unit": "one flow record",
+        "population": population,
+        "rows": rows,
+    }

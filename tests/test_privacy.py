@@ -1,0 +1,308 @@
+"""DP-SGD wiring: settings checks, calibration, clipping, noise and sampling."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgedp.models import ReconstructionLoss
+from edgedp.privacy import (
+    CLIPPING_MODES,
+    DPSettings,
+    DPStep,
+    PoissonSampler,
+    PrivacyConfigError,
+    calibrate_noise,
+    compute_epsilon,
+    private_ledger,
+    random_generator,
+)
+
+
+def _settings(**changes):
+    values = {
+        "target_epsilon": 1.0,
+        "target_delta": 1e-5,
+        "max_grad_norm": 1.0,
+        "expected_batch_size": 500,
+        "epochs": 2,
+        "rows": 10_000,
+    }
+    return DPSettings(**{**values, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"target_epsilon": 0.0}, "epsilon must be a positive number"),
+        ({"target_epsilon": -1.0}, "epsilon must be a positive number"),
+        ({"target_epsilon": math.nan}, "epsilon must be a positive number"),
+        ({"target_delta": 0.0}, "delta must be above 0"),
+        ({"target_delta": 1e-4}, r"below 1/N = 0.0001 for N = 10000"),
+        ({"target_delta": 0.5}, "choose a smaller delta"),
+        ({"max_grad_norm": 0.0}, "clipping norm"),
+        ({"max_grad_norm": math.inf}, "clipping norm"),
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"expected_batch_size": 10_000}, "choose a smaller batch size"),
+        ({"expected_batch_size": 0}, "batch size must be at least 1"),
+        ({"rows": 1, "target_delta": 0.5}, "at least 2 rows"),
+    ],
+)
+def test_settings_reject(changes, message):
+    with pytest.raises(PrivacyConfigError, match=message):
+        _settings(**changes)
+
+
+def test_settings_steps_and_rate():
+    settings = _settings(expected_batch_size=300, epochs=3)
+
+    assert settings.sample_rate == pytest.approx(0.03)
+    # round(1 / 0.03) = 33 steps per epoch.
+    assert settings.steps == 99
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    settings = _settings(target_epsilon=1.0)
+    return settings, calibrate_noise(settings)
+
+
+def test_calibrated_epsilon_within_target(calibrated):
+    settings, sigma = calibrated
+
+    achieved = compute_epsilon(
+        [(sigma, settings.sample_rate, settings.steps)], delta=settings.target_delta
+    )
+
+    assert sigma > 0
+    assert achieved <= settings.target_epsilon
+    # Opacus's search stops within 0.01 of the target.
+    assert achieved >= settings.target_epsilon - 0.011
+
+
+def test_more_noise_lowers_epsilon(calibrated):
+    settings, sigma = calibrated
+    phase = (settings.sample_rate, settings.steps)
+
+    louder = compute_epsilon([(2 * sigma, *phase)], delta=settings.target_delta)
+
+    assert louder < settings.target_epsilon / 1.5
+
+
+def test_unreachable_epsilon_says_what_to_change():
+    settings = _settings(target_epsilon=0.005, expected_batch_size=2000, epochs=30)
+
+    with pytest.raises(PrivacyConfigError, match="out of reach") as error:
+        calibrate_noise(settings)
+
+    assert "larger epsilon" in str(error.value)
+    assert "fewer epochs" in str(error.value)
+
+
+def test_ledger_rejects_extra_steps(calibrated):
+    settings, sigma = calibrated
+    history = [(sigma, settings.sample_rate, settings.steps * 3)]
+
+    with pytest.raises(PrivacyConfigError, match="exceeds the target"):
+        private_ledger(
+            settings,
+            noise_multiplier=sigma,
+            history=history,
+            clipping="ghost",
+            secure_randomness=False,
+        )
+
+
+def test_ledger_records_achieved_epsilon(calibrated):
+    settings, sigma = calibrated
+    history = [(sigma, settings.sample_rate, settings.steps)]
+
+    ledger = private_ledger(
+        settings,
+        noise_multiplier=sigma,
+        history=history,
+        clipping="ghost",
+        secure_randomness=False,
+    )
+
+    assert ledger["epsilon"] == pytest.approx(
+        compute_epsilon(history, delta=settings.target_delta)
+    )
+    assert ledger["epsilon"] <= ledger["target_epsilon"]
+    # RDP bounds are looser than PRV bounds for the same mechanism.
+    assert ledger["epsilon_rdp"] > ledger["epsilon"]
+    assert ledger["steps"] == settings.steps
+    assert ledger["sampling"] == "poisson"
+    assert ledger["accountant"] == "prv"
+
+
+def _linear_gradients(weight, bias, inputs, targets):
+    """Per-example gradients of mean((W x + b - t)^2) over outputs, by hand."""
+    residual = inputs @ weight.T + bias - targets
+    scale = 2.0 / targets.shape[1]
+    grad_weight = scale * residual[:, :, None] * inputs[:, None, :]
+    grad_bias = scale * residual
+    return grad_weight, grad_bias
+
+
+def _one_step(clipping, inputs, targets, *, clip, expected_batch_size):
+    """Take one noiseless DP step with SGD(lr=1) and return the update."""
+    torch.manual_seed(0)
+    layer = nn.Linear(inputs.shape[1], targets.shape[1])
+    before = [p.detach().clone() for p in layer.parameters()]
+    step = DPStep(
+        layer,
+        torch.optim.SGD(layer.parameters(), lr=1.0),
+        loss=ReconstructionLoss(),
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=expected_batch_size,
+        sample_rate=0.5,
+        noise_generator=random_generator(0),
+        clipping=clipping,
+    )
+    step(torch.from_numpy(inputs), torch.from_numpy(targets))
+    step.close()
+    return [
+        (b - p.detach()).numpy()
+        for b, p in zip(before, layer.parameters(), strict=True)
+    ]
+
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(7)
+    inputs = rng.normal(size=(6, 3)).astype(np.float32)
+    targets = rng.normal(size=(6, 2)).astype(np.float32)
+    # One outlier whose gradient is far above the clipping norm.
+    inputs[2] *= 100.0
+    return inputs, targets
+
+
+@pytest.mark.parametrize("clipping", CLIPPING_MODES)
+def test_clipped_update_matches_hand(clipping, batch):
+    inputs, targets = batch
+    clip = 0.5
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 2)
+    weight = layer.weight.detach().numpy().astype(np.float64)
+    bias = layer.bias.detach().numpy().astype(np.float64)
+
+    grad_weight, grad_bias = _linear_gradients(weight, bias, inputs, targets)
+    norms = np.sqrt((grad_weight**2).sum(axis=(1, 2)) + (grad_bias**2).sum(axis=1))
+    factors = np.minimum(1.0, clip / (norms + 1e-6))
+    expected_weight = (factors[:, None, None] * grad_weight).sum(axis=0) / 8
+    expected_bias = (factors[:, None] * grad_bias).sum(axis=0) / 8
+
+    update_weight, update_bias = _one_step(
+        clipping, inputs, targets, clip=clip, expected_batch_size=8
+    )
+
+    assert norms.max() > 100 * clip
+    np.testing.assert_allclose(update_weight, expected_weight, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(update_bias, expected_bias, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("clipping", CLIPPING_MODES)
+def test_each_example_contributes_at_most_clip(clipping, batch):
+    inputs, targets = batch
+    clip = 0.5
+    expected_batch_size = 4
+    full = _one_step(
+        clipping, inputs, targets, clip=clip, expected_batch_size=expected_batch_size
+    )
+
+    for left_out in range(len(inputs)):
+        keep = np.arange(len(inputs)) != left_out
+        without = _one_step(
+            clipping,
+            inputs[keep],
+            targets[keep],
+            clip=clip,
+            expected_batch_size=expected_batch_size,
+        )
+        difference = np.sqrt(
+            sum(((a - b) ** 2).sum() for a, b in zip(full, without, strict=True))
+        )
+        assert difference <= clip / expected_batch_size * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("clipping", CLIPPING_MODES)
+def test_empty_batch_adds_noise_only(clipping):
+    sigma, clip, expected_batch_size = 2.0, 0.5, 4
+    layer = nn.Linear(200, 50)
+    before = [p.detach().clone() for p in layer.parameters()]
+    step = DPStep(
+        layer,
+        torch.optim.SGD(layer.parameters(), lr=1.0),
+        loss=ReconstructionLoss(),
+        noise_multiplier=sigma,
+        max_grad_norm=clip,
+        expected_batch_size=expected_batch_size,
+        sample_rate=0.1,
+        noise_generator=random_generator(0),
+        clipping=clipping,
+    )
+
+    step(torch.zeros((0, 200)), torch.zeros((0, 50)))
+    update = torch.cat(
+        [
+            (b - p.detach()).flatten()
+            for b, p in zip(before, layer.parameters(), strict=True)
+        ]
+    )
+
+    assert step.history == [(sigma, 0.1, 1)]
+    # The noise on the gradient sum has std sigma * C; the update divides it
+    # by the expected batch size. 10,050 values pin the std to about 1.5%.
+    assert float(update.std()) == pytest.approx(
+        sigma * clip / expected_batch_size, rel=0.05
+    )
+    assert abs(float(update.mean())) < 0.01
+
+
+def test_sampler_matches_bernoulli_rates():
+    rows, rate, draws = 2000, 0.05, 2000
+    sampler = PoissonSampler(rows, rate, random_generator(3))
+    counts = np.zeros(rows)
+    sizes = []
+
+    for _ in range(draws):
+        batch = sampler.sample().numpy()
+        assert np.all(np.diff(batch) > 0)
+        assert batch.min(initial=0) >= 0
+        assert batch.max(initial=0) < rows
+        counts[batch] += 1
+        sizes.append(len(batch))
+
+    # Each row is in Binomial(2000, 0.05) batches: mean 100, std about 9.7.
+    assert counts.mean() == pytest.approx(draws * rate, rel=0.01)
+    assert counts.min() > 100 - 6 * 9.7
+    assert counts.max() < 100 + 6 * 9.7
+    # Batch sizes are Binomial(2000, 0.05): mean 100, variance 95.
+    assert np.mean(sizes) == pytest.approx(rows * rate, rel=0.02)
+    assert np.var(sizes) == pytest.approx(rows * rate * (1 - rate), rel=0.15)
+
+
+def test_sampler_edge_rates():
+    assert PoissonSampler(5, 1.0, random_generator(0)).sample().tolist() == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
+    empty = [
+        len(PoissonSampler(5, 1e-9, random_generator(0)).sample()) for _ in range(5)
+    ]
+    assert empty == [0] * 5
+
+
+def test_sampler_repeats_with_seed():
+    first = PoissonSampler(1000, 0.1, random_generator(11))
+    second = PoissonSampler(1000, 0.1, random_generator(11))
+
+    for _ in range(5):
+        assert torch.equal(first.sample(), second.sample())

@@ -1,0 +1,240 @@
+"""Training on the prepared IoT-23 samples: bundles, ledgers, bad input."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from edgedp import config
+from edgedp.bundle import TORCH_WEIGHTS, load_bundle
+from edgedp.dataset import MANIFEST_NAME, DatasetError
+from edgedp.metrics import classification_metrics
+from edgedp.models import ModelSpec, load_model
+from edgedp.privacy import PrivacyConfigError, compute_epsilon
+from edgedp.train import TRAIN_LOG, TrainingError, train_bundle
+
+
+def _majority_baseline(labels, classes):
+    majority = np.bincount(labels, minlength=len(classes)).argmax()
+    probabilities = np.eye(len(classes))[np.full(len(labels), majority)]
+    return classification_metrics(labels, probabilities, classes)
+
+
+@pytest.fixture(scope="module")
+def bundles(prepared_iot23, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundles")
+    return {
+        "ff_plain": train_bundle(prepared_iot23, root / "ff_plain", epochs=3),
+        "ff_dp": train_bundle(prepared_iot23, root / "ff_dp", epsilon=1.0, epochs=2),
+        "ae_dp": train_bundle(
+            prepared_iot23, root / "ae_dp", model="ae", epsilon=2.0, epochs=2
+        ),
+    }
+
+
+def test_bundle_files_and_manifest(bundles, prepared_iot23):
+    bundle = load_bundle(bundles["ff_dp"].root, encoder_versions=["conn-1"])
+    manifest = bundle.manifest
+
+    assert set(manifest["files"]) == {TORCH_WEIGHTS, TRAIN_LOG}
+    assert manifest["encoder_version"] == prepared_iot23.encoder_version
+    assert manifest["feature_names"] == prepared_iot23.feature_names
+    assert manifest["classes"] == list(config.STUDY_CLASSES)
+    assert manifest["dataset"]["path"] == str(prepared_iot23.root.resolve())
+    assert manifest["training"]["seed"] == 0
+    assert manifest["training"]["epochs"] == 2
+    assert manifest["training"]["versions"]["opacus"]
+    assert "accuracy" in manifest["metrics"]["validation"]["torch"]
+    assert "thresholds" not in manifest
+
+
+def test_weights_reload(bundles, prepared_iot23):
+    bundle = bundles["ff_plain"]
+    model = load_model(
+        ModelSpec.from_json(bundle.manifest["model"]), bundle.path(TORCH_WEIGHTS)
+    )
+    features = torch.from_numpy(prepared_iot23.split("validation").features[:50])
+
+    probabilities = model(features)
+
+    assert probabilities.shape == (50, len(config.STUDY_CLASSES))
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(50))
+
+
+def test_log_has_epochs_and_ledger(bundles):
+    log = bundles["ff_dp"].path(TRAIN_LOG).read_text()
+
+    assert "epoch 1/2" in log
+    assert "epoch 2/2" in log
+    assert "achieved epsilon" in log
+    assert "wrote bundle" not in log
+
+
+def test_private_ledger(bundles, prepared_iot23):
+    ledger = bundles["ff_dp"].manifest["privacy"]
+    train_rows = len(prepared_iot23.split("train"))
+
+    assert ledger["private"] is True
+    assert ledger["epsilon"] <= ledger["target_epsilon"] == 1.0
+    assert ledger["delta"] == config.DEFAULT_DELTA
+    assert ledger["rows"] == train_rows
+    assert ledger["sample_rate"] == pytest.approx(2048 / train_rows)
+    assert ledger["steps"] == 2 * round(train_rows / 2048)
+    assert ledger["noise_multiplier"] > 0
+    assert ledger["sampling"] == "poisson"
+    assert ledger["accountant"] == "prv"
+    assert ledger["population"] == "training split rows"
+    recomputed = compute_epsilon(
+        [(ledger["noise_multiplier"], ledger["sample_rate"], ledger["steps"])],
+        delta=ledger["delta"],
+    )
+    assert ledger["epsilon"] == pytest.approx(recomputed)
+
+
+def test_plain_ledger_is_infinite(bundles):
+    raw = json.loads((bundles["ff_plain"].root / "bundle.json").read_text())
+
+    assert raw["privacy"]["private"] is False
+    assert math.isinf(raw["privacy"]["epsilon"])
+    assert raw["privacy"]["noise_multiplier"] == 0.0
+
+
+def test_plain_classifier_beats_majority(bundles, prepared_iot23):
+    validation = prepared_iot23.split("validation")
+    baseline = _majority_baseline(validation.labels, prepared_iot23.classes)
+    metrics = bundles["ff_plain"].manifest["metrics"]["validation"]["torch"]
+
+    assert metrics["f1_weighted"] > baseline["f1_weighted"] + 0.2
+    assert metrics["f1_macro"] > baseline["f1_macro"] + 0.3
+
+
+def test_autoencoder_ledger_and_thresholds(bundles, prepared_iot23):
+    manifest = bundles["ae_dp"].manifest
+    train = prepared_iot23.split("train")
+    benign = int(np.count_nonzero(train.labels == 0))
+
+    assert manifest["privacy"]["population"] == "Benign training split rows"
+    assert manifest["privacy"]["rows"] == benign
+    assert manifest["privacy"]["sample_rate"] == pytest.approx(2048 / benign)
+    assert manifest["privacy"]["epsilon"] <= 2.0
+    assert manifest["thresholds"]["study"]["value"] == config.STUDY_AE_THRESHOLD
+    assert manifest["thresholds"]["validation_fpr"]["target_fpr"] == 0.01
+    metrics = manifest["metrics"]["validation"]["torch"]
+    chosen = metrics["thresholds"]["validation_fpr"]
+    assert chosen["false_positive_rate"] <= 0.01
+    assert 0.0 <= metrics["roc_auc"] <= 1.0
+    assert set(metrics["reconstruction_error"]["per_class"]) == set(
+        config.STUDY_CLASSES
+    )
+
+
+def test_same_seed_same_model(prepared_iot23, tmp_path):
+    runs = [
+        train_bundle(prepared_iot23, tmp_path / name, epsilon=2.0, epochs=1, seed=seed)
+        for name, seed in (("a", 5), ("b", 5), ("c", 6))
+    ]
+    metrics = [run.manifest["metrics"]["validation"]["torch"] for run in runs]
+
+    assert metrics[0] == metrics[1]
+    assert runs[0].bundle_id == runs[1].bundle_id
+    assert runs[0].bundle_id != runs[2].bundle_id
+
+
+def test_existing_bundle_rejected_first(prepared_iot23, tmp_path):
+    (tmp_path / "taken").mkdir()
+
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        train_bundle(prepared_iot23, tmp_path / "taken")
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"epsilon": 0.0}, TrainingError, "positive"),
+        ({"epsilon": -2.0}, TrainingError, "positive"),
+        ({"epsilon": 1.0, "delta": 1e-3}, PrivacyConfigError, "below 1/N"),
+        ({"delta": 1.5}, TrainingError, r"in \(0, 1\)"),
+        ({"epsilon": 1.0, "max_grad_norm": 0.0}, TrainingError, "clipping norm"),
+        ({"epsilon": 1.0, "batch_size": 10**6}, PrivacyConfigError, "smaller batch"),
+        ({"epsilon": 0.005}, PrivacyConfigError, "larger epsilon"),
+        ({"model": "cnn"}, TrainingError, "use ff"),
+        ({"clipping": "none"}, TrainingError, "clipping mode"),
+    ],
+)
+def test_bad_settings_rejected(prepared_iot23, tmp_path, options, error, message):
+    with pytest.raises(error, match=message):
+        train_bundle(prepared_iot23, tmp_path / "bundle", **options)
+
+    assert not (tmp_path / "bundle").exists()
+
+
+def _copy_dataset(dataset, destination):
+    shutil.copytree(dataset.root, destination)
+    return destination
+
+
+def test_other_encoder_rejected(prepared_iot23, tmp_path):
+    copy = _copy_dataset(prepared_iot23, tmp_path / "old")
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    manifest["encoder_version"] = "conn-0"
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+    with pytest.raises(DatasetError, match="encoder conn-0.*rerun `edgedp prepare`"):
+        train_bundle(copy, tmp_path / "bundle")
+
+
+def test_missing_class_rejected(prepared_iot23, tmp_path):
+    copy = _copy_dataset(prepared_iot23, tmp_path / "no_okiru")
+    table = pq.read_table(copy / "train.parquet")
+    pq.write_table(
+        table.filter(pc.not_equal(table["label"], "Okiru")), copy / "train.parquet"
+    )
+
+    with pytest.raises(TrainingError, match="no rows of class Okiru.*--classes"):
+        train_bundle(copy, tmp_path / "bundle")
+
+
+def test_cli_train_writes_bundle(prepared_iot23, tmp_path):
+    out = tmp_path / "cli"
+    edgedp = str(Path(sys.executable).with_name("edgedp"))
+    options = ["--data", str(prepared_iot23.root), "--model", "ae", "--epochs", "1"]
+
+    done = subprocess.run(
+        [edgedp, "train", *options, "--epsilon", "none", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "ROC-AUC" in done.stdout + done.stderr
+    assert load_bundle(out).model_kind == "autoencoder"
+
+
+def test_cli_train_reports_bad_input(prepared_iot23, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgedp.cli import app, training  # noqa: F401  (registers `train`)
+
+    (tmp_path / "taken").mkdir()
+    data = ["train", "--data", str(prepared_iot23.root)]
+
+    taken = CliRunner().invoke(
+        app, [*data, "--epsilon", "1", "--out", str(tmp_path / "taken")]
+    )
+    not_a_number = CliRunner().invoke(
+        app, [*data, "--epsilon", "high", "--out", str(tmp_path / "new")]
+    )
+
+    assert taken.exit_code == 2
+    assert "already exists" in taken.output
+    assert not_a_number.exit_code == 2
+    assert "'high' is not a number" in not_a_number.output
