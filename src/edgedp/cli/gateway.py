@@ -161,7 +161,7 @@ def serve(
         )
         gateway = Gateway(settings)
     except (BundleError, FileNotFoundError, ValueError) as error:
-        console.print(f"[red]error:[/] {escape(str(error))}")
+        console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(2) from error
 
     totals = gateway.run()

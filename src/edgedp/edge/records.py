@@ -495,7 +495,7 @@ class LineParser:
     ) -> FlowColumns | None:
         raw: dict[str, list[Any]] = {name: [] for name in self.fields}
         keep: list[int] = []
-        numeric = set(self.numeric_fields)
+        numeric = set(self.numeric_fields) | TEXT_FIELDS
         for index, line in enumerate(text.split("\n")):
             try:
                 record = json.loads(line)

@@ -59,6 +59,8 @@ from edgedp.edge.verdicts import VerdictRule
 log = logging.getLogger(__name__)
 
 STDIN = "-"
+_MAX_WAIT = 0.1
+"""Seconds the loop waits for input before it checks signals and timers."""
 
 _VOCABULARIES: dict[str, frozenset[str]] = {
     "proto": frozenset(value.casefold() for value in encoder.PROTOCOLS),
@@ -275,12 +277,11 @@ class Gateway:
                     self.writer.reopen()
                     log.info("reopened the alert file %s", settings.alerts)
 
-                now = time.monotonic()
+                # A short wait keeps stop requests and statistics prompt.
+                timeout = _MAX_WAIT
                 if pending:
-                    oldest = pending[0].read_at[0]
-                    timeout = max(0.0, oldest + settings.max_delay - now)
-                else:
-                    timeout = settings.poll_interval * 5
+                    deadline = pending[0].read_at[0] + settings.max_delay
+                    timeout = min(timeout, max(0.0, deadline - time.monotonic()))
                 chunk = self.source.read(timeout)
                 if chunk is not None:
                     flows = self.parser.parse(chunk)
@@ -296,7 +297,7 @@ class Gateway:
                 if due or (pending and self.source.finished):
                     self._classify(pending)
                     pending, pending_flows = [], 0
-                self.stats.maybe_report(now)
+                self.stats.maybe_report(now, pending_flows)
                 if self.source.finished:
                     break
 

@@ -135,21 +135,26 @@ class ServeStats:
         self.bad_lines[reason] += 1
         self._window_bad += 1
 
-    def maybe_report(self, now: float | None = None) -> None:
+    def maybe_report(self, now: float | None = None, pending: int = 0) -> None:
         """Log the statistics of the interval that just ended, if it has."""
         now = time.monotonic() if now is None else now
         if now - self._window_start >= self.interval:
-            self.report(now)
+            self.report(now, pending)
 
-    def report(self, now: float | None = None) -> None:
-        """Log the statistics since the last report."""
+    def report(self, now: float | None = None, pending: int = 0) -> None:
+        """Log the statistics since the last report.
+
+        Args:
+            now: `time.monotonic()` of the report.
+            pending: flows read but not yet classified.
+        """
         now = time.monotonic() if now is None else now
         elapsed = max(now - self._window_start, 1e-9)
         p50 = self._window_latency.percentile(50) * 1000
         p99 = self._window_latency.percentile(99) * 1000
         log.info(
-            "%d flows in %.0f s (%.0f flows/s), %d alerts, %d bad lines, "
-            "latency p50 %.1f ms p99 %.1f ms",
+            "%d flows in %.1f s (%.0f flows/s), %d alerts, %d bad lines, "
+            "latency p50 %.1f ms p99 %.1f ms, %d flows pending",
             self._window_flows,
             elapsed,
             self._window_flows / elapsed,
@@ -157,6 +162,7 @@ class ServeStats:
             self._window_bad,
             p50,
             p99,
+            pending,
         )
         self._window_start = now
         self._window_flows = 0

@@ -1,0 +1,510 @@
+"""`edgedp serve` end to end: real bundles, real LiteRT, real processes.
+
+A session fixture trains a small classifier and autoencoder on the IoT-23
+samples and converts them, so every test here runs the models that
+`edgedp train` and `edgedp optimize` produce.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgedp.bundle import INT8_MODEL, MANIFEST_NAME
+from edgedp.edge.serve import Gateway, ServeSettings
+
+ZEEK_LOGS = {
+    "34-1": "zeek/CTU-IoT-Malware-Capture-34-1.conn.log.labeled.gz",
+    "42-1": "zeek/CTU-IoT-Malware-Capture-42-1.conn.log.labeled",
+    "5-1": "zeek/CTU-Honeypot-Capture-5-1.conn.log.labeled",
+}
+EDGEDP = [str(Path(sys.executable).with_name("edgedp"))]
+TRAINING_MESSAGE = "pip install 'edgedp[train]'"
+
+
+@pytest.fixture(scope="session")
+def gateway_bundles(iot23, tmp_path_factory) -> dict[str, Path]:
+    """A trained and converted classifier and autoencoder, and their dataset."""
+    from edgedp.data.prepare import prepare_dataset
+    from edgedp.export import optimize_bundle
+    from edgedp.train import train_bundle
+
+    root = tmp_path_factory.mktemp("gateway")
+    dataset = prepare_dataset(
+        [iot23 / "zeek", iot23 / "csv", iot23 / "mixed"], root / "prepared"
+    )
+    bundles = {"dataset": dataset.root}
+    for kind, model in (("classifier", "ff"), ("autoencoder", "ae")):
+        bundle = train_bundle(dataset, root / kind, model=model, epochs=1)
+        optimize_bundle(bundle, calibration_size=200)
+        bundles[kind] = bundle.root
+    return bundles
+
+
+def _read_alerts(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _serve(bundle: Path, source, tmp_path: Path, **options) -> tuple[list, dict]:
+    alerts = tmp_path / f"alerts-{time.monotonic_ns()}.jsonl"
+    settings = ServeSettings(
+        bundle=bundle, input=str(source), alerts=str(alerts), **options
+    )
+    totals = Gateway(settings).run()
+    return _read_alerts(alerts), totals
+
+
+def _expected_outputs(bundle: Path, dataset: Path, model_format: str) -> dict:
+    """Map uid to `edgedp evaluate`'s output on every split, for unique uids."""
+    from edgedp.bundle import load_bundle
+    from edgedp.dataset import load_prepared
+    from edgedp.evaluate import predict_bundle
+
+    opened = load_bundle(bundle)
+    prepared = load_prepared(dataset)
+    outputs: dict[str, list] = {}
+    for name in ("train", "validation", "test"):
+        split = prepared.split(name)
+        predicted = predict_bundle(opened, split, model_format)
+        for uid, output in zip(split.uids, predicted, strict=True):
+            outputs.setdefault(str(uid), []).append(output)
+    return {uid: values[0] for uid, values in outputs.items() if len(values) == 1}
+
+
+@pytest.mark.parametrize("model_format", ["int8", "fp32"])
+@pytest.mark.parametrize("kind", ["classifier", "autoencoder"])
+def test_verdicts_match_evaluate(gateway_bundles, iot23, tmp_path, kind, model_format):
+    bundle = gateway_bundles[kind]
+    expected = _expected_outputs(bundle, gateway_bundles["dataset"], model_format)
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
+
+    alerts, totals = _serve(
+        bundle, iot23 / "zeek", tmp_path, all_flows=True, model_format=model_format
+    )
+    counts = Counter(alert["uid"] for alert in alerts)
+    compared = [a for a in alerts if counts[a["uid"]] == 1 and a["uid"] in expected]
+
+    assert totals["flows"] == sum([23145, 4426, 452, 1374]), (
+        "every row of the four Zeek logs"
+    )
+    assert sum(totals["bad_lines"].values()) == 0
+    assert len(compared) > 29000
+    for alert in compared:
+        output = expected[alert["uid"]]
+        if kind == "classifier":
+            predicted = manifest["classes"][int(np.argmax(output))]
+            assert alert["class"] == predicted, alert["uid"]
+            assert alert["alert"] == (predicted != "Benign"), alert["uid"]
+            assert alert["probability"] == pytest.approx(float(output.max()), abs=1e-5)
+        else:
+            threshold = manifest["thresholds"]["validation_fpr"]["value"]
+            assert alert["alert"] == bool(output > threshold), alert["uid"]
+            assert alert["score"] == pytest.approx(float(output), rel=1e-6)
+            assert alert["threshold"] == pytest.approx(threshold)
+        assert alert["bundle_id"] == manifest["bundle_id"]
+        assert alert["model_format"] == model_format
+
+
+def test_alerts_only_flagged_flows(gateway_bundles, iot23, tmp_path):
+    bundle = gateway_bundles["classifier"]
+    log = iot23 / ZEEK_LOGS["42-1"]
+
+    flagged, totals = _serve(bundle, log, tmp_path)
+    everything, _ = _serve(bundle, log, tmp_path, all_flows=True)
+
+    assert [a["uid"] for a in flagged] == [a["uid"] for a in everything if a["alert"]]
+    assert totals["alerts"] == len(flagged)
+    assert totals["flows"] == 4426
+
+
+def test_bad_lines_do_not_stop_serve(gateway_bundles, iot23, tmp_path):
+    text = (iot23 / ZEEK_LOGS["42-1"]).read_bytes().replace(b"\r\n", b"\n")
+    lines = text.split(b"\n")
+    data = [index for index, line in enumerate(lines) if line[:1] not in (b"#", b"")]
+    broken = list(lines)
+    broken[data[0]] += b"\textra"
+    broken[data[1]] = broken[data[1]].replace(b"\ttcp\t", b"\ttcp\t\t", 1)
+    fields = broken[data[2]].split(b"\t")
+    fields[9] = b"many"
+    broken[data[2]] = b"\t".join(fields)
+    broken[data[3]] = b"\xc3\x28" + broken[data[3]]
+    broken[data[4]] = b"x" * 100_000
+    log = tmp_path / "conn.log"
+    log.write_bytes(b"\n".join(broken))
+
+    alerts, totals = _serve(
+        gateway_bundles["classifier"], log, tmp_path, all_flows=True
+    )
+
+    assert totals["bad_lines"] == {
+        "field_count": 2,
+        "bad_number": 1,
+        "invalid_utf8": 1,
+        "overlong": 1,
+    }
+    assert totals["flows"] == 4426 - 5
+    assert len(alerts) == 4426 - 5
+
+
+def _zeek_text(iot23: Path, name: str) -> bytes:
+    path = iot23 / ZEEK_LOGS[name]
+    if path.suffix == ".gz":
+        return gzip.decompress(path.read_bytes())
+    return path.read_bytes()
+
+
+def _data_lines(text: bytes) -> list[bytes]:
+    return [line for line in text.splitlines() if line and line[:1] != b"#"]
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _line_count(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+class _Writer(threading.Thread):
+    """Write Zeek logs to `log` as Zeek does: in pieces, rotated, truncated.
+
+    Writes cut lines at arbitrary byte offsets, so the runtime sees partial
+    lines. It rotates once (rename, new file with a new header block) and
+    truncates once, after the runtime has read everything written so far.
+    """
+
+    def __init__(self, log: Path, blocks: list[bytes], alerts: Path) -> None:
+        super().__init__(daemon=True)
+        self.log = log
+        self.blocks = blocks
+        self.alerts = alerts
+        self.flows_written = 0
+        self.error: BaseException | None = None
+
+    def _append(self, data: bytes, rng: np.random.Generator) -> None:
+        position = 0
+        while position < len(data):
+            size = int(rng.integers(1, 8000))
+            with open(self.log, "ab") as handle:
+                handle.write(data[position : position + size])
+            position += size
+            time.sleep(0.002)
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as error:  # noqa: BLE001
+            self.error = error
+
+    def _run(self) -> None:
+        rng = np.random.default_rng(7)
+        first, second, third = self.blocks
+
+        # Half of the first log, then rotation in the middle of it.
+        header, rows = _split_header(first)
+        middle = len(rows) // 2
+        self._append(header + b"".join(rows[:middle]), rng)
+        self.flows_written += middle
+        self.log.rename(self.log.with_name("conn.2024-05-01-10-00-00.log"))
+        self._append(header + b"".join(rows[middle:]), rng)
+        self.flows_written += len(rows) - middle
+
+        # The second log in the same file, then one truncation once the
+        # runtime has caught up, as `copytruncate` does.
+        header, rows = _split_header(second)
+        self._append(header + b"".join(rows), rng)
+        self.flows_written += len(rows)
+        _wait_for(
+            lambda: _line_count(self.alerts) >= self.flows_written,
+            60,
+            "the runtime to catch up before truncation",
+        )
+        with open(self.log, "r+b") as handle:
+            handle.truncate(0)
+        time.sleep(0.2)
+
+        header, rows = _split_header(third)
+        self._append(header + b"".join(rows), rng)
+        self.flows_written += len(rows)
+        # An unfinished line: no verdict may come from it.
+        self._append(rows[0][:40], rng)
+
+
+def _split_header(text: bytes) -> tuple[bytes, list[bytes]]:
+    lines = text.splitlines(keepends=True)
+    if not lines[-1].endswith(b"\n"):
+        lines[-1] += b"\n"
+    header = b"".join(line for line in lines if line.startswith(b"#"))
+    rows = [line for line in lines if line[:1] not in (b"#", b"\n", b"\r")]
+    return header, rows
+
+
+def _start_serve(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    stderr = tmp_path / f"serve-{time.monotonic_ns()}.log"
+    process = subprocess.Popen(
+        [*EDGEDP, "serve", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=open(stderr, "wb"),  # noqa: SIM115
+    )
+    return process, stderr
+
+
+def _mapped_libraries(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_follow_survives_rotation_and_truncation(gateway_bundles, iot23, tmp_path):
+    bundle = gateway_bundles["classifier"]
+    mirai = _zeek_text(iot23, "34-1")
+    blocks = [
+        mirai[: mirai.index(b"\n", 700_000) + 1],
+        _zeek_text(iot23, "42-1"),
+        _zeek_text(iot23, "5-1"),
+    ]
+    uids_written = [
+        line.split(b"\t")[1].decode() for block in blocks for line in _data_lines(block)
+    ]
+    assert len(set(uids_written)) == len(uids_written)
+
+    log = tmp_path / "live" / "conn.log"
+    log.parent.mkdir()
+    alerts = tmp_path / "follow.jsonl"
+    process, stderr = _start_serve(
+        [
+            str(bundle),
+            "--input",
+            str(log),
+            "--follow",
+            "--all",
+            "--alerts",
+            str(alerts),
+            "--max-delay",
+            "5",
+            "--poll-interval",
+            "5",
+            "--stats-interval",
+            "0.5",
+        ],
+        tmp_path,
+    )
+    _wait_for(lambda: "serving bundle" in stderr.read_text(), 60, "serve to start")
+    writer = _Writer(log, blocks, alerts)
+    writer.start()
+    try:
+        writer.join(timeout=120)
+        assert writer.error is None, writer.error
+        _wait_for(lambda: _line_count(alerts) >= len(uids_written), 60, "every verdict")
+        time.sleep(0.3)
+        maps = _mapped_libraries(process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    log_text = stderr.read_text()
+
+    assert code == 0, log_text
+    followed = _read_alerts(alerts)
+    assert Counter(a["uid"] for a in followed) == Counter(uids_written)
+    assert "was rotated" in log_text
+    assert "was truncated" in log_text
+    assert "libtorch" not in maps
+    assert "polars" not in maps
+
+    # The same flows read once from files give the same verdicts.
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for index, block in enumerate(blocks):
+        (batch / f"conn.{index}.log").write_bytes(block)
+    expected, _ = _serve(bundle, batch, tmp_path, all_flows=True)
+    verdicts = {a["uid"]: (a["class"], a["probability"]) for a in expected}
+    assert {a["uid"]: (a["class"], a["probability"]) for a in followed} == verdicts
+
+
+def test_sigterm_classifies_pending_flows(gateway_bundles, iot23, tmp_path):
+    log = tmp_path / "conn.log"
+    text = _zeek_text(iot23, "42-1")
+    log.write_bytes(text)
+    alerts = tmp_path / "alerts.jsonl"
+    process, stderr = _start_serve(
+        [
+            str(gateway_bundles["autoencoder"]),
+            "--input",
+            str(log),
+            "--follow",
+            "--all",
+            "--alerts",
+            str(alerts),
+            "--batch",
+            "100000",
+            "--max-delay",
+            "600000",
+            "--stats-interval",
+            "0.2",
+        ],
+        tmp_path,
+    )
+    try:
+        _wait_for(lambda: "4426 flows pending" in stderr.read_text(), 60, "flows read")
+        assert _line_count(alerts) == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+
+    assert code == 0, stderr.read_text()
+    assert len(_read_alerts(alerts)) == 4426
+
+
+def test_stdin_input(gateway_bundles, iot23, tmp_path):
+    text = _zeek_text(iot23, "5-1")
+
+    result = subprocess.run(
+        [
+            *EDGEDP,
+            "serve",
+            str(gateway_bundles["classifier"]),
+            "--input",
+            "-",
+            "--all",
+            "--model",
+            "fp32",
+        ],
+        input=text,
+        capture_output=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr.decode()
+    assert len(result.stdout.decode().splitlines()) == 1374
+
+
+def _serve_cli(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*EDGEDP, "serve", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_altered_bundle_rejected(gateway_bundles, iot23, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(gateway_bundles["classifier"], bundle)
+    model = bundle / INT8_MODEL
+    content = bytearray(model.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    model.write_bytes(bytes(content))
+
+    result = _serve_cli([str(bundle), "--input", str(iot23 / ZEEK_LOGS["5-1"])])
+
+    assert result.returncode == 2
+    assert "altered or truncated" in result.stderr
+
+
+def test_unknown_encoder_rejected(gateway_bundles, iot23, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(gateway_bundles["classifier"], bundle)
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
+    manifest["encoder_version"] = "conn-0"
+    (bundle / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+    result = _serve_cli([str(bundle), "--input", str(iot23 / ZEEK_LOGS["5-1"])])
+
+    assert result.returncode == 2
+    assert "feature encoder conn-0" in result.stderr
+
+
+def test_follow_folder_rejected(gateway_bundles, iot23):
+    result = _serve_cli(
+        [str(gateway_bundles["classifier"]), "--input", str(iot23 / "zeek"), "-f"]
+    )
+
+    assert result.returncode == 2
+    assert "is a folder" in result.stderr
+
+
+# Runs the CLI with the training stack made unimportable, as in a base install.
+BLOCKED_IMPORTS = """
+import sys
+from importlib.abc import MetaPathFinder
+
+from edgedp.cli import TRAINING_MODULES, main
+
+
+class Blocked(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in TRAINING_MODULES:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Blocked())
+sys.argv = ["edgedp", *sys.argv[1:]]
+try:
+    main()
+finally:
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in TRAINING_MODULES)
+    print("training modules loaded:", loaded, file=sys.stderr)
+"""
+
+
+def _without_training_stack(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKED_IMPORTS, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_serve_without_training_stack(gateway_bundles, iot23):
+    result = _without_training_stack(
+        [
+            "serve",
+            str(gateway_bundles["classifier"]),
+            "--input",
+            str(iot23 / ZEEK_LOGS["5-1"]),
+            "--all",
+        ]
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1374
+    assert "training modules loaded: []" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--data", "{dataset}", "--epsilon", "none", "--out", "{tmp}/b"],
+        ["evaluate", "{bundle}", "--data", "{dataset}"],
+        ["optimize", "{bundle}"],
+        ["prepare", "{logs}", "--out", "{tmp}/prepared"],
+        ["inspect", "{logs}"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_training_commands_name_extra(gateway_bundles, iot23, tmp_path, command):
+    values = {
+        "dataset": str(gateway_bundles["dataset"]),
+        "bundle": str(gateway_bundles["classifier"]),
+        "logs": str(iot23 / ZEEK_LOGS["5-1"]),
+        "tmp": str(tmp_path),
+    }
+
+    result = _without_training_stack([part.format(**values) for part in command])
+
+    assert result.returncode == 2, result.stderr
+    assert TRAINING_MESSAGE in " ".join(result.stdout.split() + result.stderr.split())

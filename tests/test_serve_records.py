@@ -1,0 +1,348 @@
+"""The gateway's line parser and alert lines, on the IoT-23 Zeek logs."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from edgedp import features, zeek
+from edgedp.edge.alerts import AlertWriter, _TimeFormatter
+from edgedp.edge.follow import Chunk, FileSource
+from edgedp.edge.records import (
+    FlowColumns,
+    LineParser,
+    categorical,
+    flow_time,
+    needed_fields,
+)
+from edgedp.edge.verdicts import Verdicts
+
+FIELDS = needed_fields(features.EXTENDED)
+
+# Data rows per file, as the data set's manifest counts them.
+ZEEK_ROWS = {
+    "zeek/CTU-IoT-Malware-Capture-34-1.conn.log.labeled.gz": 23145,
+    "zeek/CTU-IoT-Malware-Capture-42-1.conn.log.labeled": 4426,
+    "zeek/CTU-Honeypot-Capture-4-1.conn.log.labeled": 452,
+    "zeek/CTU-Honeypot-Capture-5-1.conn.log.labeled": 1374,
+}
+
+
+class Recorder:
+    """Collects what a parser reports."""
+
+    def __init__(self) -> None:
+        self.bad: list[tuple[str, int]] = []
+        self.absurd: list[tuple[str, int, float]] = []
+        self.notices: list[str] = []
+
+    def parser(self, **options) -> LineParser:
+        return LineParser(
+            FIELDS,
+            on_bad_line=lambda reason, source, line, detail: self.bad.append(
+                (reason, line)
+            ),
+            on_absurd_value=lambda field, source, line, value: self.absurd.append(
+                (field, line, value)
+            ),
+            on_notice=self.notices.append,
+            **options,
+        )
+
+
+def _parse_file(parser: LineParser, path) -> FlowColumns:
+    source = FileSource(path)
+    parts = []
+    while not source.finished:
+        chunk = source.read(0)
+        if chunk is not None:
+            parts.append(parser.parse(chunk))
+    return FlowColumns.concat([part for part in parts if len(part)])
+
+
+def _chunk(lines: list[bytes | None], generation: int = 1) -> Chunk:
+    return Chunk(lines, "conn.log", 1, generation)
+
+
+def _encode(flows: FlowColumns) -> np.ndarray:
+    columns = dict(flows.columns)
+    for name in ("proto", "conn_state", "service", "history"):
+        columns[name] = categorical(columns[name])
+    return features.encode(columns, features.EXTENDED)
+
+
+@pytest.mark.parametrize("name", sorted(ZEEK_ROWS))
+def test_zeek_logs_parse_every_row(iot23, name):
+    recorder = Recorder()
+
+    flows = _parse_file(recorder.parser(), iot23 / name)
+
+    assert len(flows) == ZEEK_ROWS[name]
+    assert recorder.bad == []
+    assert recorder.notices == []
+    assert all(flow_time(value) is not None for value in flows.columns["ts"])
+
+
+def test_tsv_values_match_zeek_module(iot23):
+    """Every parsed value equals what edgedp.zeek makes of the same line."""
+    path = iot23 / "zeek/CTU-IoT-Malware-Capture-42-1.conn.log.labeled"
+    flows = _parse_file(Recorder().parser(), path)
+    lines = path.read_text().splitlines()
+    header = zeek.parse_header(line for line in lines if line.startswith("#"))
+    rows = [zeek.split_line(line, header) for line in lines if line[:1] != "#"]
+
+    for name in FIELDS:
+        position = header.fields.index(name)
+        expected = [row[position] for row in rows]
+        if name == "ts":
+            assert [flow_time(v) for v in flows.columns[name]] == [
+                float(v) for v in expected
+            ]
+        elif name in zeek.NUMERIC_FIELDS:
+            parsed = [zeek.parse_number(value, header) for value in expected]
+            want = np.array([math.nan if v is None else v for v in parsed])
+            np.testing.assert_array_equal(flows.columns[name], want)
+        else:
+            assert list(flows.columns[name]) == expected
+
+
+def test_json_lines_encode_like_tsv(iot23):
+    path = iot23 / "zeek/CTU-Honeypot-Capture-5-1.conn.log.labeled"
+    tsv = _parse_file(Recorder().parser(), path)
+    records = []
+    for row in range(len(tsv)):
+        record = {}
+        for name in FIELDS:
+            value = tsv.columns[name][row]
+            if name == "ts":
+                record[name] = flow_time(value)
+            elif isinstance(value, float):
+                if not math.isnan(value):
+                    record[name] = int(value) if value.is_integer() else value
+            elif value not in ("-", "(empty)"):
+                record[name] = value
+        records.append(record)
+    # Zeek writes ISO 8601 timestamps when LogAscii::json_timestamps asks it to.
+    records[0]["ts"] = datetime.fromtimestamp(records[0]["ts"], UTC).isoformat()
+    lines = [json.dumps(record).encode() for record in records]
+
+    recorder = Recorder()
+    parsed = recorder.parser(log_format="auto").parse(_chunk(lines))
+
+    assert recorder.bad == []
+    assert len(parsed) == len(tsv)
+    np.testing.assert_array_equal(_encode(parsed), _encode(tsv))
+    assert flow_time(parsed.columns["ts"][0]) == pytest.approx(
+        flow_time(tsv.columns["ts"][0]), abs=1e-6
+    )
+
+
+HEADER = [
+    b"#separator \\x09",
+    b"#unset_field\t-",
+    b"#fields\t" + "\t".join(zeek.CONN_FIELDS).encode(),
+]
+GOOD = (
+    b"1545403816.962094\tCgood1\t192.168.1.195\t41040\t185.244.25.235\t80\ttcp\t-"
+    b"\t3.139211\t0\t0\tS0\t-\t-\t0\tS\t3\t180\t0\t0\t-"
+)
+
+
+def _variant(uid: bytes, **changes: bytes) -> bytes:
+    fields = GOOD.split(b"\t")
+    fields[1] = uid
+    for name, value in changes.items():
+        fields[zeek.CONN_FIELDS.index(name.replace("__", "."))] = value
+    return b"\t".join(fields)
+
+
+def test_bad_lines_counted_and_skipped():
+    lines = HEADER + [
+        GOOD,
+        GOOD + b"\textra",
+        _variant(b"Cbadnum", orig_bytes=b"12x"),
+        _variant(b"Cnan", duration=b"nan"),
+        b"\xff\xfe" + GOOD[2:],
+        None,
+        b"",
+        _variant(b"Cgood2"),
+        b"#close\t2019-03-15-14-50-54",
+    ]
+    recorder = Recorder()
+
+    flows = recorder.parser().parse(_chunk(lines))
+
+    assert list(flows.columns["uid"]) == ["Cgood1", "Cgood2"]
+    assert list(flows.lines) == [4, 11]
+    assert sorted(recorder.bad) == [
+        ("bad_number", 6),
+        ("bad_number", 7),
+        ("field_count", 5),
+        ("invalid_utf8", 8),
+        ("overlong", 9),
+    ]
+
+
+def test_absurd_values_kept_and_reported():
+    lines = HEADER + [
+        _variant(b"Cneg", duration=b"-4.5", id__resp_p=b"70000"),
+        _variant(b"Chuge", orig_pkts=b"1e12"),
+    ]
+    recorder = Recorder()
+
+    flows = recorder.parser().parse(_chunk(lines))
+    encoded = _encode(flows)
+
+    assert list(flows.columns["uid"]) == ["Cneg", "Chuge"]
+    assert sorted(recorder.absurd) == [
+        ("duration", 4, -4.5),
+        ("id.resp_p", 4, 70000.0),
+        ("orig_pkts", 5, 1e12),
+    ]
+    assert np.isfinite(encoded).all()
+    assert encoded.min() >= 0.0
+    assert encoded.max() <= 1.0
+
+
+def test_new_header_block_changes_layout():
+    reordered = list(zeek.CONN_FIELDS)
+    reordered[3], reordered[5] = reordered[5], reordered[3]
+    fields = GOOD.split(b"\t")
+    fields[3], fields[5] = fields[5], fields[3]
+    lines = HEADER + [
+        GOOD,
+        b"#close\t2019-03-15-14-50-54",
+        b"#separator \\x09",
+        b"#fields\t" + "\t".join(reordered).encode(),
+        b"\t".join(fields),
+    ]
+
+    flows = Recorder().parser().parse(_chunk(lines))
+
+    np.testing.assert_array_equal(flows.columns["id.orig_p"], [41040, 41040])
+    np.testing.assert_array_equal(flows.columns["id.resp_p"], [80, 80])
+
+
+def test_generation_resets_header():
+    parser = Recorder().parser()
+    parser.parse(_chunk(HEADER + [GOOD], generation=1))
+    recorder = Recorder()
+    parser._on_notice = recorder.notices.append
+
+    flows = parser.parse(_chunk([GOOD], generation=2))
+
+    assert len(flows) == 1
+    assert len(recorder.notices) == 1
+    assert "no #fields header" in recorder.notices[0]
+
+
+def test_missing_header_uses_standard_layout(iot23):
+    path = iot23 / "zeek/CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    data = [line for line in path.read_bytes().split(b"\n") if line[:1] != b"#"]
+    recorder = Recorder()
+
+    flows = recorder.parser().parse(_chunk([line for line in data if line]))
+
+    assert len(flows) == ZEEK_ROWS["zeek/CTU-Honeypot-Capture-4-1.conn.log.labeled"]
+    assert recorder.bad == []
+    assert "standard 23-field" in recorder.notices[0]
+
+
+def test_header_without_needed_field():
+    fields = [name for name in zeek.CONN_FIELDS if name != "history"]
+    lines = [b"#fields\t" + "\t".join(fields).encode(), b"\t".join([b"x"] * 20)]
+    recorder = Recorder()
+
+    flows = recorder.parser().parse(_chunk(lines))
+
+    assert len(flows) == 0
+    assert recorder.bad == [("missing_fields", 2)]
+    assert "lacks history" in recorder.notices[0]
+
+
+def test_custom_unset_marker():
+    lines = [
+        b"#unset_field\tNA",
+        HEADER[2],
+        _variant(b"Cna", service=b"NA", orig_bytes=b"NA"),
+    ]
+    recorder = Recorder()
+
+    flows = recorder.parser().parse(_chunk(lines))
+
+    assert recorder.bad == []
+    assert flows.columns["service"] == [None]
+    assert np.isnan(flows.columns["orig_bytes"][0])
+    assert flows.columns["duration"][0] == pytest.approx(3.139211)
+
+
+def test_time_formatter_matches_datetime():
+    rng = np.random.default_rng(0)
+    formatter = _TimeFormatter()
+    stamps = rng.uniform(0, 2e9, size=2000).tolist() + [1545403816.9999996]
+
+    for ts in stamps:
+        expected = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert formatter(ts) == (repr(ts), f'"{expected}"')
+    assert formatter("1545403816.962094") == (
+        "1545403816.962094",
+        '"2018-12-21T14:50:16.962094Z"',
+    )
+    assert formatter("garbage") == ("null", "null")
+
+
+def test_alert_lines_are_json(tmp_path):
+    lines = HEADER + [GOOD, _variant(b'Cq"uote\\', id__orig_h=b"fe80::1")]
+    flows = Recorder().parser().parse(_chunk(lines))
+    verdicts = Verdicts(
+        alert=np.array([False, True]),
+        class_index=np.array([0, 1]),
+        probability=np.array([0.75, 0.5], dtype=np.float32),
+    )
+    path = tmp_path / "alerts.jsonl"
+    writer = AlertWriter(
+        path,
+        bundle_id="abc",
+        model_format="int8",
+        classes=["Benign", "C&C"],
+        threshold=None,
+    )
+
+    written = writer.write(flows, verdicts)
+    writer.close()
+    alerts = [json.loads(line) for line in path.read_text().splitlines()]
+
+    assert written == 1
+    assert alerts == [
+        {
+            "ts": 1545403816.962094,
+            "time": "2018-12-21T14:50:16.962094Z",
+            "uid": 'Cq"uote\\',
+            "id.orig_h": "fe80::1",
+            "id.orig_p": 41040,
+            "id.resp_h": "185.244.25.235",
+            "id.resp_p": 80,
+            "proto": "tcp",
+            "alert": True,
+            "class": "C&C",
+            "probability": 0.5,
+            "bundle_id": "abc",
+            "model_format": "int8",
+            "log": "conn.log",
+            "line": 5,
+        }
+    ]
+
+
+def test_categorical_marks_missing():
+    column = categorical(["tcp", "-", None, "udp", "tcp", "(empty)"])
+
+    decoded = [column.categories[code] if code >= 0 else None for code in column.codes]
+
+    assert decoded == ["tcp", None, None, "udp", "tcp", None]
+    assert Counter(column.codes.tolist())[-1] == 3
