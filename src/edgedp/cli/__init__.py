@@ -50,8 +50,10 @@ def main() -> None:
         top_level = (error.name or "").split(".")[0]
         if top_level not in TRAINING_MODULES:
             raise
+        # `\\[` keeps Rich from reading `[train]` as markup and dropping it.
         console.print(
             f"[red]error:[/] this command needs {top_level!r}, which comes with the "
-            "training tools. Install them with: pip install 'edgedp[train]'"
+            "training tools. Install them with: pip install 'edgedp\\[train]'",
+            soft_wrap=True,
         )
         sys.exit(2)
