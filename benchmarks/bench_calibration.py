@@ -2,9 +2,11 @@
 
 For each bundle, converts the torch model to LiteRT float32 once, then
 quantizes it to int8 with activation ranges from each calibration source
-(`validation`, `train`, `synthetic`) and several calibration seeds, and
-scores torch, float32 and every int8 model on the test split: accuracy for
-a classifier, ROC-AUC of benign against malicious flows for an autoencoder.
+(`validation`, `train`, `synthetic`, plus `uniform`: every feature drawn
+uniformly from [0, 1], to show what the encoder-aware synthetic draws
+gain) and several calibration seeds. It scores torch, float32 and every
+int8 model on the test split: accuracy for a classifier, ROC-AUC of benign
+against malicious flows for an autoencoder.
 The test split is used because the `validation` source calibrates on the
 validation split, which would flatter it there.
 
@@ -38,6 +40,11 @@ from edgedp.export import (
     torch_outputs,
     validation_score,
 )
+
+UNIFORM = "uniform"
+"""Baseline column: each feature drawn uniformly from [0, 1], the fallback of
+`synthetic_features` for feature names it does not know."""
+SOURCES = (*CALIBRATION_SOURCES, UNIFORM)
 
 
 def _runner(bundle, content: bytes, model_format: str) -> Runner:
@@ -74,15 +81,18 @@ def measure(path: Path, size: int, seeds: list[int]) -> dict:
         "fp32": score(_runner(bundle, fp32, "fp32").predict(test.features)),
         "int8": {},
     }
-    for source in CALIBRATION_SOURCES:
+    for source in SOURCES:
         values = []
         for seed in seeds:
             flows = calibration_features(
-                source,
+                "synthetic" if source == UNIFORM else source,
                 size=size,
                 n_features=width,
                 dataset=dataset,
-                feature_names=bundle.manifest.get("feature_names"),
+                # Names that match no feature set make synthetic draws uniform.
+                feature_names=None
+                if source == UNIFORM
+                else bundle.manifest.get("feature_names"),
                 seed=seed,
             )
             int8 = _runner(bundle, quantize_int8(fp32, flows), "int8")
@@ -98,7 +108,7 @@ def measure(path: Path, size: int, seeds: list[int]) -> dict:
 
 def markdown(results: list[dict]) -> str:
     """Render one row per bundle: torch, float32 and int8 per source."""
-    sources = list(CALIBRATION_SOURCES)
+    sources = list(SOURCES)
     lines = [
         "| bundle | epsilon | metric | torch | fp32 | "
         + " | ".join(f"int8, {s}" for s in sources)
@@ -112,9 +122,10 @@ def markdown(results: list[dict]) -> str:
             for s in sources
         ]
         epsilon = result["epsilon"]
+        if isinstance(epsilon, (int, float)):
+            epsilon = f"{epsilon:.3g}"
         lines.append(
-            f"| {Path(result['bundle']).name} | "
-            f"{'none' if epsilon is None else epsilon} | {result['metric']} | "
+            f"| {Path(result['bundle']).name} | {epsilon} | {result['metric']} | "
             f"{result['torch']:.4f} | {result['fp32']:.4f} | "
             + " | ".join(cells)
             + " |"

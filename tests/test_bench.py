@@ -46,7 +46,7 @@ def test_spreads_cover_repeats(classifier_results):
     for name, variant in result["variants"].items():
         measured = ["peak_rss_bytes"]
         if name != "python":
-            measured += ["single_seconds", "batch_seconds"]
+            measured += ["single_seconds", "batch_seconds", "single_peak_rss_bytes"]
         for key in measured:
             spread = variant[key]
             assert len(spread["values"]) == 2, (name, key)
@@ -87,6 +87,10 @@ def test_litert_peak_memory_below_torch(classifier_results):
     # is not counted in the workers' peaks.
     assert peaks["python"] < peaks["fp32"] < peaks["torch"]
     assert peaks["int8"] < peaks["torch"]
+    for name in ("torch", "fp32", "int8", "int8-input"):
+        variant = result["variants"][name]
+        one_at_a_time = variant["single_peak_rss_bytes"]["median"]
+        assert one_at_a_time <= variant["peak_rss_bytes"]["median"], name
 
 
 def test_cli_writes_json_and_table(bundles, tmp_path):

@@ -15,8 +15,10 @@ that never imported torch. Variants:
 
 Each variant reports the seconds for all flows fed one at a time (one call
 and one invoke per flow, as a gateway reading a live log does) and as one
-batch, and the process's peak resident set size. The result gives the
-median, minimum and maximum over the repeats.
+batch, and the process's peak resident set size after the one-at-a-time
+phase and at the end, after the batch. The result gives the median,
+minimum and maximum over the repeats, which run round-robin over the
+variants.
 
 The flows come from the test split of the bundle's prepared dataset,
 repeated when the split is smaller than the requested count.
@@ -172,9 +174,11 @@ def bench_bundle(
         features_path = Path(folder) / "features.npy"
         np.save(features_path, features)
 
-        for variant in variants:
-            runs = []
-            for index in range(repeat):
+        # Round-robin over the variants, so that a change in machine load
+        # during the run spreads over all of them instead of one.
+        runs: dict[str, list[dict]] = {variant: [] for variant in variants}
+        for index in range(repeat):
+            for variant in variants:
                 logger.info(
                     "measuring %s of %s (%d/%d)",
                     variant,
@@ -182,10 +186,11 @@ def bench_bundle(
                     index + 1,
                     repeat,
                 )
-                runs.append(
+                runs[variant].append(
                     run_worker(bundle.root, variant, features_path, threads=threads)
                 )
-            results[variant] = _summarize(bundle, variant, runs)
+        for variant in variants:
+            results[variant] = _summarize(bundle, variant, runs[variant])
 
     return {
         "bundle": str(bundle.root),
@@ -205,6 +210,9 @@ def _summarize(bundle: Bundle, variant: str, runs: list[dict]) -> dict[str, Any]
         "file_bytes": bundle.manifest["files"][name]["bytes"] if name else None,
         "single_seconds": single,
         "batch_seconds": _spread([run["batch_seconds"] for run in runs]),
+        "single_peak_rss_bytes": _spread(
+            [run["single_peak_rss_bytes"] for run in runs]
+        ),
         "peak_rss_bytes": _spread([run["peak_rss_bytes"] for run in runs]),
         "loaded_modules": runs[0]["loaded_modules"],
     }

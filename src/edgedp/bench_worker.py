@@ -12,8 +12,9 @@ memory (`ru_maxrss`) is what a gateway running that format would pay:
 
 It prints one JSON object on stdout: the seconds for all flows fed one at a
 time (one invoke per flow) and as one batch, the peak resident set size in
-bytes (see `peak_resident_bytes`), and which heavy modules the process had
-loaded. The module imports
+bytes (see `peak_resident_bytes`) after the one-at-a-time phase and at the
+end (the batch phase holds every flow's activations at once), and which
+heavy modules the process had loaded. The module imports
 nothing but the standard library at the top.
 """
 
@@ -52,7 +53,11 @@ def _time_once(function: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _measure_torch(bundle: Path, features, threads: int) -> tuple[float, float]:
+Measured = tuple[float, int, float]
+"""Seconds one at a time, peak resident bytes after that phase, batch seconds."""
+
+
+def _measure_torch(bundle: Path, features, threads: int) -> Measured:
     import torch
 
     from edgedp.bundle import TORCH_WEIGHTS, load_bundle
@@ -82,13 +87,12 @@ def _measure_torch(bundle: Path, features, threads: int) -> tuple[float, float]:
 
     with torch.inference_mode():
         single = _time_calls(lambda i: score(inputs[i : i + 1]).numpy(), len(inputs))
+        single_peak = peak_resident_bytes()
         batch = _time_once(lambda: score(inputs).numpy())
-    return single, batch
+    return single, single_peak, batch
 
 
-def _measure_litert(
-    bundle: Path, features, variant: str, threads: int
-) -> tuple[float, float]:
+def _measure_litert(bundle: Path, features, variant: str, threads: int) -> Measured:
     from edgedp.edge.inference import load_runner
 
     model_format = "fp32" if variant == "fp32" else "int8"
@@ -109,12 +113,14 @@ def _measure_litert(
         start = time.perf_counter()
         run_single(features)
         single = time.perf_counter() - start
+        single_peak = peak_resident_bytes()
         batch = _time_once(lambda: runner.predict_quantized(runner.quantize(features)))
-        return single, batch
+        return single, single_peak, batch
 
     single = _time_calls(lambda i: runner.predict_one(features[i]), len(features))
+    single_peak = peak_resident_bytes()
     batch = _time_once(lambda: runner.predict(features))
-    return single, batch
+    return single, single_peak, batch
 
 
 def _ru_maxrss_bytes() -> int:
@@ -146,17 +152,18 @@ def measure(bundle: Path, variant: str, features_path: Path, threads: int) -> di
     import numpy as np
 
     features = np.load(features_path).astype(np.float32)
-    single = batch = None
+    single = single_peak = batch = None
     if variant == "torch":
-        single, batch = _measure_torch(bundle, features, threads)
+        single, single_peak, batch = _measure_torch(bundle, features, threads)
     elif variant != "python":
-        single, batch = _measure_litert(bundle, features, variant, threads)
+        single, single_peak, batch = _measure_litert(bundle, features, variant, threads)
 
     return {
         "variant": variant,
         "flows": len(features),
         "single_seconds": single,
         "batch_seconds": batch,
+        "single_peak_rss_bytes": single_peak,
         "peak_rss_bytes": peak_resident_bytes(),
         "ru_maxrss_bytes": _ru_maxrss_bytes(),
         "loaded_modules": {name: name in sys.modules for name in HEAVY_MODULES},

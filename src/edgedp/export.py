@@ -82,9 +82,9 @@ CALIBRATION_SOURCES: dict[str, CalibrationSource] = {
             "synthetic",
             covered_by_dp=True,
             effect=(
-                "activation ranges come from flows drawn uniformly from the "
-                "encoder's fixed [0, 1] feature range; no data is read, so "
-                "the int8 model is post-processing of the DP model"
+                "activation ranges come from synthetic flows drawn from the "
+                "feature encoder's fixed vocabularies and caps; no data is "
+                "read, so the int8 model is post-processing of the DP model"
             ),
         ),
     )

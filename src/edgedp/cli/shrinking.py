@@ -38,10 +38,12 @@ def optimize(
     calibration: Annotated[
         str,
         typer.Option(
-            help="Flows that set the int8 activation ranges: `validation`, "
-            "`train` (the DP guarantee then no longer covers the int8 model) "
-            "or `synthetic` (uniform in [0, 1], reads no data). See "
-            "docs/shrinking.md."
+            help="Flows that set the int8 activation ranges: `synthetic` "
+            "(drawn from the feature encoder's fixed vocabularies; reads no "
+            "data, so the DP guarantee still covers the int8 model), "
+            "`validation` (validation-split flows) or `train` (training "
+            "flows; the DP guarantee then no longer covers the int8 model). "
+            "See docs/shrinking.md."
         ),
     ] = DEFAULT_CALIBRATION,
     calibration_size: Annotated[
@@ -98,6 +100,12 @@ def _seconds(spread: dict[str, Any] | None) -> str:
     if spread is None:
         return "-"
     return f"{spread['median']:.4f} ({spread['min']:.4f}-{spread['max']:.4f})"
+
+
+def _mebibytes(spread: dict[str, Any] | None) -> str:
+    if spread is None:
+        return "-"
+    return f"{spread['median'] / 2**20:.1f}"
 
 
 @app.command()
@@ -159,7 +167,7 @@ def bench(
         table.add_column("one at a time s", justify="right")
         table.add_column("µs/flow", justify="right")
         table.add_column("one batch s", justify="right")
-        table.add_column("peak RSS MiB", justify="right")
+        table.add_column("peak RSS MiB one at a time / after batch", justify="right")
         for name, variant in result["variants"].items():
             size = variant["file_bytes"]
             per_flow = variant.get("single_microseconds_per_flow")
@@ -169,7 +177,9 @@ def bench(
                 _seconds(variant["single_seconds"]),
                 "-" if per_flow is None else f"{per_flow:.1f}",
                 _seconds(variant["batch_seconds"]),
-                f"{variant['peak_rss_bytes']['median'] / 2**20:.1f}",
+                _mebibytes(variant["single_peak_rss_bytes"])
+                + " / "
+                + _mebibytes(variant["peak_rss_bytes"]),
             )
         console.print(table)
 
