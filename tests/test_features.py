@@ -8,7 +8,7 @@ import pytest
 
 from edgedp import features
 from edgedp.data import readers
-from edgedp.data.prepare import encoder_columns
+from edgedp.data.prepare import encode_frame, encoder_columns
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,75 @@ def test_gateway_lists_match_host_columns(records):
     gateway = features.encode(lists)
 
     np.testing.assert_array_equal(gateway, host)
+
+
+@pytest.mark.parametrize("feature_set", features.FEATURE_SETS)
+def test_column_major_path_matches_lists(records, feature_set):
+    lists = {
+        name: records[name].to_list() for name in features.input_fields(feature_set)
+    }
+
+    gateway = features.encode(lists, feature_set)
+    prepared = encode_frame(records, feature_set)
+
+    assert prepared.flags.f_contiguous
+    assert gateway.flags.c_contiguous
+    np.testing.assert_array_equal(prepared, gateway)
+
+
+def _edge_columns(flows):
+    """Columns that reach every branch: NaN, inf, negatives, unknown values."""
+    rng = np.random.default_rng(7)
+    numbers = [math.nan, None, -5.0, 0.0, 1.0, 3.3, 1e12, math.inf, -math.inf]
+    ports = [math.nan, -1.0, 0.0, 23.0, 80.5, 1023.0, 1024.0, 49152.0, 65535.0, 7e4]
+    strings = {
+        "proto": ["tcp", "UDP", " icmp ", "sctp", None, ""],
+        "conn_state": ["S0", "sf", "XYZ", None],
+        "service": ["dns", "http,ssl", "-", "", None, "quic, dns"],
+        "history": ["ShAD", "^dD", "-", "", None, "X", "Ss"],
+    }
+    columns = {
+        name: [values[i] for i in rng.integers(0, len(values), flows)]
+        for name, values in strings.items()
+    }
+    for name in ("id.orig_p", "id.resp_p"):
+        columns[name] = rng.choice(ports, flows)
+    for name in features.LOG_CAPS:
+        columns[name] = [numbers[i] for i in rng.integers(0, len(numbers), flows)]
+    return columns
+
+
+@pytest.mark.parametrize("feature_set", features.FEATURE_SETS)
+@pytest.mark.parametrize("flows", [0, 1, 2, 500])
+def test_encode_into_layouts_agree(feature_set, flows):
+    columns = _edge_columns(flows)
+    width = len(features.feature_names(feature_set))
+    coded = dict(columns)
+    proto = features.dictionary_encode(columns["proto"])
+    # Any negative code means missing, not only -1.
+    coded["proto"] = features.Categorical(
+        proto.categories, np.where(proto.codes < 0, -7, proto.codes)
+    )
+
+    expected = features.encode(columns, feature_set)
+    for order in ("C", "F"):
+        out = np.full((flows, width), np.nan, dtype=np.float32, order=order)
+        result = features.encode_into(coded, feature_set, out=out)
+
+        assert result is out
+        np.testing.assert_array_equal(out, expected)
+    assert np.isfinite(expected).all()
+    assert ((expected >= 0) & (expected <= 1)).all()
+
+
+def test_encode_into_rejects_wrong_out():
+    columns = _edge_columns(3)
+    width = len(features.feature_names("paper"))
+
+    with pytest.raises(features.FeatureError, match=r"shape \(3, 51\)"):
+        features.encode_into(columns, "paper", out=np.empty((3, width + 1), np.float32))
+    with pytest.raises(features.FeatureError, match="float32"):
+        features.encode_into(columns, "paper", out=np.empty((3, width), np.float64))
 
 
 def test_one_hot_blocks_sum_to_one(records):

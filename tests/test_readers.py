@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from edgedp import zeek
-from edgedp.data import readers, sources
+from edgedp import features, zeek
+from edgedp.data import delimited, readers, records, sources
 from edgedp.data.records import LINE
 from edgedp.data.sources import FlowLogError
 
@@ -225,6 +225,87 @@ def test_damaged_lines_are_counted(tmp_path, honeypot_lines):
         "damaged.conn.log:13: unparsable number in missed_bytes",
         "damaged.conn.log:15: invalid UTF-8",
     ]
+
+
+PAPER_FIELDS = (*features.input_fields("paper"), "uid", "ts")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "zeek/CTU-IoT-Malware-Capture-34-1.conn.log.labeled.gz",
+        "zeek/CTU-IoT-Malware-Capture-42-1.conn.log.labeled",
+        "csv/CTU-IoT-Malware-Capture-20-1.labeled.csv",
+        "variants/CTU-IoT-Malware-Capture-34-1+35-1.subset-2500.tsv",
+    ],
+)
+def test_fields_subset_matches_full_read(iot23, name):
+    full_report, full = read(iot23 / name)
+
+    report, subset = read(iot23 / name, fields=PAPER_FIELDS)
+
+    assert subset.columns == [LINE, *records.output_fields(PAPER_FIELDS)]
+    assert "label" in subset.columns
+    assert "id.orig_h" not in subset.columns
+    assert subset.equals(full.select(subset.columns))
+    assert report.to_json() == full_report.to_json()
+
+
+def test_fields_subset_checks_every_line(tmp_path, honeypot_lines):
+    header, data = honeypot_lines[:8], honeypot_lines[8:20]
+    damaged = list(data)
+    # One line too long and one too short keep the block's separator total.
+    damaged[1] = data[1] + b"\textra"
+    damaged[3] = b"\t".join(data[3].split(b"\t")[:-1])
+    # Damage in fields outside the paper feature set's inputs.
+    damaged[5] = data[5].replace(b"\t0\t", b"\tzero\t", 1)
+    damaged[7] = data[7].replace(b"192.168", b"19\xff.168", 1)
+    damaged[9] = b"\t".join([data[9].split(b"\t")[0], b"-", *data[9].split(b"\t")[2:]])
+    path = tmp_path / "damaged.conn.log"
+    path.write_bytes(b"\n".join(header + damaged) + b"\n")
+
+    full_report, full = read(path)
+    report, subset = read(path, fields=PAPER_FIELDS)
+
+    assert full_report.skipped.total == 5
+    assert report.skipped.counts == full_report.skipped.counts
+    assert report.skipped.examples == full_report.skipped.examples
+    assert [line.split(":")[1] for line in report.skipped.examples] == [
+        "10",
+        "12",
+        "14",
+        "16",
+        "18",
+    ]
+    assert subset.equals(full.select(subset.columns))
+
+
+def test_unknown_field_rejected(iot23):
+    path = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
+
+    with pytest.raises(ValueError, match="unknown flow record fields 'bytes'"):
+        read(path, fields=["bytes"])
+
+
+def test_label_tail_markers_are_null(iot23):
+    _, frame = read(iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled")
+
+    assert frame["tunnel_parents"].null_count() == frame.height
+    assert frame["detailed-label"].null_count() == frame.height
+    assert frame["label"].unique().to_list() == ["Benign"]
+
+
+@pytest.mark.parametrize("fields", [None, PAPER_FIELDS])
+def test_clean_logs_take_fast_path(iot23, monkeypatch, fields):
+    def line_by_line(*args, **kwargs):
+        raise AssertionError("a clean block was parsed line by line")
+
+    monkeypatch.setattr(delimited, "_split_lines", line_by_line)
+
+    for name in ("zeek", "csv"):
+        for path in sorted((iot23 / name).iterdir()):
+            report, _ = read(path, fields=fields)
+            assert report.rows_read == EXPECTED[f"{name}/{path.name}"][1]
 
 
 def test_header_blocks_crlf_and_no_close(tmp_path, honeypot_lines, iot23):

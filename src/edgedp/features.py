@@ -274,17 +274,49 @@ def dictionary_encode(values: Column) -> Categorical:
     return Categorical(categories=list(index), codes=codes)
 
 
-def _gather(
-    column: Categorical, row_of: Any, width: int, missing_row: np.ndarray
+def _category_table(
+    column: Categorical, row_of: Any, missing_row: np.ndarray
 ) -> np.ndarray:
-    """Map every category once through `row_of`, then index rows by code."""
-    table = np.zeros((len(column.categories) + 1, width), dtype=np.float32)
+    """Return one output row per category, and `missing_row` as the last row."""
+    table = np.zeros((len(column.categories) + 1, len(missing_row)), dtype=np.float32)
     for position, category in enumerate(column.categories):
         table[position] = missing_row if category is None else row_of(category)
     table[-1] = missing_row
+    return table
+
+
+def _table_index(column: Categorical) -> np.ndarray:
+    """Return the codes as row numbers of `_category_table`, missing last."""
     codes = np.asarray(column.codes)
-    codes = np.where(codes < 0, len(column.categories), codes)
-    return table[codes]
+    if codes.dtype != np.intp:
+        codes = codes.astype(np.intp)
+    if codes.size and codes.min() < 0:
+        codes = np.where(codes < 0, len(column.categories), codes)
+    return codes
+
+
+def _write_table(
+    rows: np.ndarray, column: Categorical, row_of: Any, missing_row: np.ndarray
+) -> None:
+    """Write each flow's category row into `rows` (features x flows).
+
+    Every category is mapped once through `row_of`. When each feature's
+    values are contiguous (a column-major output), every slot is one
+    `np.take` from its table column, and a slot that no category sets is
+    zero-filled. Otherwise the table rows are gathered per flow, which suits
+    a row-major output.
+    """
+    table = _category_table(column, row_of, missing_row)
+    codes = _table_index(column)
+    if rows.strides[1] != rows.itemsize:
+        rows.T[...] = table[codes]
+        return
+    for slot in range(len(missing_row)):
+        values = table[:, slot]
+        if values.any():
+            np.take(values, codes, out=rows[slot], mode="clip")
+        else:
+            rows[slot] = 0.0
 
 
 def _one_hot_row(vocabulary: Sequence[str]) -> Any:
@@ -299,13 +331,13 @@ def _one_hot_row(vocabulary: Sequence[str]) -> Any:
     return row_of
 
 
-def _encode_category(values: Column, vocabulary: Sequence[str]) -> np.ndarray:
+def _write_category(
+    rows: np.ndarray, values: Column, vocabulary: Sequence[str]
+) -> None:
     """One-hot encode with an `other` slot; missing values count as other."""
     other_row = np.zeros(len(vocabulary) + 1, dtype=np.float32)
     other_row[-1] = 1.0
-    return _gather(
-        dictionary_encode(values), _one_hot_row(vocabulary), len(other_row), other_row
-    )
+    _write_table(rows, dictionary_encode(values), _one_hot_row(vocabulary), other_row)
 
 
 def _service_row(value: str) -> np.ndarray:
@@ -320,10 +352,10 @@ def _service_row(value: str) -> np.ndarray:
     return row
 
 
-def _encode_service(values: Column) -> np.ndarray:
+def _write_service(rows: np.ndarray, values: Column) -> None:
     unset_row = np.zeros(len(SERVICES) + 2, dtype=np.float32)
     unset_row[-1] = 1.0
-    return _gather(dictionary_encode(values), _service_row, len(unset_row), unset_row)
+    _write_table(rows, dictionary_encode(values), _service_row, unset_row)
 
 
 _HISTORY_SLOTS = {
@@ -349,11 +381,10 @@ def _history_row(value: str) -> np.ndarray:
     return row
 
 
-def _encode_history(values: Column) -> np.ndarray:
-    width = len(_HISTORY_SLOTS) + 3
-    missing_row = np.zeros(width, dtype=np.float32)
+def _write_history(rows: np.ndarray, values: Column) -> None:
+    missing_row = np.zeros(len(_HISTORY_SLOTS) + 3, dtype=np.float32)
     missing_row[-1] = 1.0
-    return _gather(dictionary_encode(values), _history_row, width, missing_row)
+    _write_table(rows, dictionary_encode(values), _history_row, missing_row)
 
 
 def _as_float(values: Column, field: str) -> np.ndarray:
@@ -372,32 +403,38 @@ _RESP_PORT_SLOT = np.full(_PORT_MAX + 1, len(RESP_PORTS), dtype=np.intp)
 _RESP_PORT_SLOT[list(RESP_PORTS)] = np.arange(len(RESP_PORTS))
 
 
-def _encode_port(values: Column, field: str, vocabulary: bool) -> np.ndarray:
+def _write_port(rows: np.ndarray, values: Column, field: str, vocabulary: bool) -> None:
     ports = _as_float(values, field)
     valid = np.isfinite(ports) & (ports >= 0) & (ports <= _PORT_MAX)
     port = np.where(valid, ports, 0.0)
 
-    width = 1 + len(_PORT_RANGES) + (len(RESP_PORTS) + 1 if vocabulary else 0)
-    out = np.zeros((len(ports), width), dtype=np.float32)
-    out[:, 0] = port / _PORT_MAX
+    # The division runs in float64 and only its result is rounded to float32.
+    np.divide(port, _PORT_MAX, out=rows[0])
     for position, (_, low, high) in enumerate(_PORT_RANGES, start=1):
-        out[:, position] = valid & (port >= low) & (port <= high)
+        rows[position] = valid & (port >= low) & (port <= high)
     if vocabulary:
         slots = _RESP_PORT_SLOT[port.astype(np.intp)]
-        rows = np.flatnonzero(valid)
-        out[rows, 1 + len(_PORT_RANGES) + slots[rows]] = 1.0
-    return out
+        flows = np.flatnonzero(valid)
+        ports_rows = rows[1 + len(_PORT_RANGES) :]
+        ports_rows[...] = 0.0
+        ports_rows[slots[flows], flows] = 1.0
 
 
-def _encode_number(values: Column, field: str) -> np.ndarray:
-    """log1p scale with a fixed cap, plus a missing flag for flagged fields."""
+def _write_number(rows: np.ndarray, values: Column, field: str) -> None:
+    """log1p scale with a fixed cap, plus a missing flag for flagged fields.
+
+    The scale is computed in float64, NaN passing through every step, and
+    rounded to float32 only when stored; missing values are then set to 0.
+    """
     numbers = _as_float(values, field)
     missing = np.isnan(numbers)
-    clipped = np.clip(np.where(missing, 0.0, numbers), 0.0, LOG_CAPS[field])
-    scaled = np.log1p(clipped) / math.log1p(LOG_CAPS[field])
-    if field not in FLAGGED_NUMBERS:
-        return scaled.astype(np.float32)[:, None]
-    return np.column_stack([scaled, missing]).astype(np.float32)
+    scaled = np.clip(numbers, 0.0, LOG_CAPS[field])
+    np.log1p(scaled, out=scaled)
+    np.divide(scaled, math.log1p(LOG_CAPS[field]), out=scaled)
+    scaled[missing] = 0.0
+    rows[0] = scaled
+    if field in FLAGGED_NUMBERS:
+        rows[1] = missing
 
 
 def encode(columns: Mapping[str, Column], feature_set: str = EXTENDED) -> np.ndarray:
@@ -419,6 +456,89 @@ def encode(columns: Mapping[str, Column], feature_set: str = EXTENDED) -> np.nda
         FeatureError: unknown feature set, missing field, columns of unequal
             length, or text in a numeric column.
     """
+    flows = _check_columns(columns, feature_set)
+    out = np.empty((flows, len(feature_names(feature_set))), dtype=np.float32)
+    return encode_into(columns, feature_set, out=out)
+
+
+def encode_into(
+    columns: Mapping[str, Column], feature_set: str = EXTENDED, *, out: np.ndarray
+) -> np.ndarray:
+    """Encode like `encode`, into a preallocated array, and return `out`.
+
+    `out` is a float32 array of shape (flows, features) in any memory layout.
+    A column-major one (`order="F"`) is the fastest to fill, because each
+    feature's values are then contiguous, and its transpose gives one
+    contiguous array per feature, as Arrow and Parquet columns store them.
+    The values are the same in every layout.
+
+    Raises:
+        FeatureError: as `encode`, and for an `out` of the wrong dtype or
+            shape.
+    """
+    flows = _check_columns(columns, feature_set)
+    width = len(feature_names(feature_set))
+    if out.dtype != np.float32 or out.shape != (flows, width):
+        raise FeatureError(
+            f"out must be a float32 array of shape ({flows}, {width}), "
+            f"got {out.dtype} {out.shape}"
+        )
+
+    writers: list[tuple[list[str], Any]] = [
+        (
+            _port_names("id.orig_p", ()),
+            lambda rows: _write_port(rows, columns["id.orig_p"], "id.orig_p", False),
+        ),
+        (
+            _port_names("id.resp_p", RESP_PORTS),
+            lambda rows: _write_port(rows, columns["id.resp_p"], "id.resp_p", True),
+        ),
+        (
+            _category_names("proto", PROTOCOLS),
+            lambda rows: _write_category(rows, columns["proto"], PROTOCOLS),
+        ),
+        (
+            _category_names("conn_state", CONN_STATES),
+            lambda rows: _write_category(rows, columns["conn_state"], CONN_STATES),
+        ),
+    ]
+    if feature_set == PAPER:
+        writers.append(
+            (
+                _number_names(("duration",)),
+                lambda rows: _write_number(rows, columns["duration"], "duration"),
+            )
+        )
+    else:
+        writers.append(
+            (
+                _category_names("service", SERVICES) + ["service=-"],
+                lambda rows: _write_service(rows, columns["service"]),
+            )
+        )
+        writers += [
+            (
+                _number_names((name,)),
+                lambda rows, name=name: _write_number(rows, columns[name], name),
+            )
+            for name in _EXTENDED_NUMBERS
+        ]
+        writers.append(
+            (_history_names(), lambda rows: _write_history(rows, columns["history"]))
+        )
+
+    # Each writer fills a (features x flows) view of its slice of `out`; the
+    # slices follow `feature_names`, which is built from the same name lists.
+    by_feature = out.T
+    start = 0
+    for names, write in writers:
+        write(by_feature[start : start + len(names)])
+        start += len(names)
+    return out
+
+
+def _check_columns(columns: Mapping[str, Column], feature_set: str) -> int:
+    """Return the number of flows, after checking that every field is there."""
     needed = input_fields(feature_set)
     absent = [name for name in needed if name not in columns]
     if absent:
@@ -429,34 +549,7 @@ def encode(columns: Mapping[str, Column], feature_set: str = EXTENDED) -> np.nda
     lengths = {name: _length(columns[name]) for name in needed}
     if len(set(lengths.values())) > 1:
         raise FeatureError(f"columns differ in length: {lengths}")
-
-    encoders = [
-        lambda: _encode_port(columns["id.orig_p"], "id.orig_p", vocabulary=False),
-        lambda: _encode_port(columns["id.resp_p"], "id.resp_p", vocabulary=True),
-        lambda: _encode_category(columns["proto"], PROTOCOLS),
-        lambda: _encode_category(columns["conn_state"], CONN_STATES),
-    ]
-    if feature_set == PAPER:
-        encoders.append(lambda: _encode_number(columns["duration"], "duration"))
-    else:
-        encoders.append(lambda: _encode_service(columns["service"]))
-        encoders += [
-            lambda name=name: _encode_number(columns[name], name)
-            for name in _EXTENDED_NUMBERS
-        ]
-        encoders.append(lambda: _encode_history(columns["history"]))
-
-    # Each block is copied into its slice as soon as it exists, so at most
-    # one block lives beside the output.
-    out = np.empty(
-        (lengths["id.orig_p"], len(feature_names(feature_set))), dtype=np.float32
-    )
-    start = 0
-    for encoder in encoders:
-        block = encoder()
-        out[:, start : start + block.shape[1]] = block
-        start += block.shape[1]
-    return out
+    return lengths["id.orig_p"]
 
 
 def _length(column: Column) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from edgedp.data.sources import (
 )
 
 _TEXT = "text"
+_TAIL = "_tail"
 _REPLACEMENT = "\ufffd"
 # Polars reads whole lines only with a column separator that never occurs.
 # Text logs contain no 0x1F byte, and a stray one is turned into invalid UTF-8.
@@ -41,25 +42,37 @@ _LINE_SEPARATOR = b"\x1f"
 
 
 def read_delimited(
-    path: Path, layout: Layout, skips: SkipLog, *, chunk_bytes: int
+    path: Path,
+    layout: Layout,
+    skips: SkipLog,
+    *,
+    chunk_bytes: int,
+    fields: Sequence[str] | None = None,
 ) -> Iterator[pl.DataFrame]:
-    """Yield flow record frames (see `records.to_records`) from one file."""
+    """Yield flow record frames (see `records.to_records`) from one file.
+
+    `fields` limits the columns of the fast path's frames (see
+    `readers.read_flows`); other frames keep every column.
+    """
     header = zeek.Header(separator=layout.separator, fields=layout.names)
-    for first_line, chunk in read_chunks(path, chunk_bytes):
+    for first_line, chunk, newlines in read_chunks(path, chunk_bytes):
         if layout.format != ZEEK_TSV:
             if layout.header_row and first_line == 1:
-                cut = chunk.find(b"\n") + 1 or len(chunk)
-                chunk, first_line = chunk[cut:], 2
+                cut = chunk.find(b"\n") + 1
+                chunk, first_line = chunk[cut or len(chunk) :], 2
+                newlines -= cut > 0
             if layout.separator == "," and b'"' in chunk:
                 yield _quoted_csv(_lines_frame(chunk, first_line), header, skips)
             else:
-                yield _parse_block(chunk, first_line, header, skips)
+                yield _parse_block(chunk, first_line, newlines, header, skips, fields)
             continue
 
-        for line, data, is_directive in _zeek_segments(chunk, first_line):
+        for line, data, count, is_directive in _zeek_segments(
+            chunk, first_line, newlines
+        ):
             if not is_directive:
                 _check_zeek_header(path, line, header)
-                yield _parse_block(data, line, header, skips)
+                yield _parse_block(data, line, count, header, skips, fields)
                 continue
             text = data.decode("utf-8", errors="replace")
             try:
@@ -68,19 +81,27 @@ def read_delimited(
                 skips.add(line, f"invalid header directive: {error}")
 
 
-def _zeek_segments(chunk: bytes, first_line: int) -> Iterator[tuple[int, bytes, bool]]:
-    """Yield `(first line, bytes, is_directive)`: directive lines one by one,
-    and the runs of data lines between them."""
+def _zeek_segments(
+    chunk: bytes, first_line: int, newlines: int
+) -> Iterator[tuple[int, bytes, int, bool]]:
+    """Yield `(first line, bytes, line breaks, is_directive)`: directive lines
+    one by one, and the runs of data lines between them."""
+    if b"#" not in chunk:
+        # One memchr pass rules out directives in most blocks.
+        yield first_line, chunk, newlines, False
+        return
     position = 0
     line = first_line
     while position < len(chunk):
         if chunk.startswith(b"#", position):
             end = chunk.find(b"\n", position) + 1 or len(chunk)
-            yield line, chunk[position:end], True
+            is_directive = True
         else:
             end = chunk.find(b"\n#", position) + 1 or len(chunk)
-            yield line, chunk[position:end], False
-        line += chunk.count(b"\n", position, end)
+            is_directive = False
+        count = chunk.count(b"\n", position, end)
+        yield line, chunk[position:end], count, is_directive
+        line += count
         position = end
 
 
@@ -98,10 +119,15 @@ def _check_zeek_header(path: Path, line: int, header: zeek.Header) -> None:
 
 
 def _parse_block(
-    data: bytes, first_line: int, header: zeek.Header, skips: SkipLog
+    data: bytes,
+    first_line: int,
+    newlines: int,
+    header: zeek.Header,
+    skips: SkipLog,
+    fields: Sequence[str] | None,
 ) -> pl.DataFrame:
     """Parse data lines, by the fast path when the whole block is clean."""
-    parsed = _parse_clean(data, first_line, header)
+    parsed = _parse_clean(data, first_line, newlines, header, fields)
     if parsed is not None:
         return parsed
     scan = _Scan(
@@ -112,58 +138,61 @@ def _parse_block(
 
 
 def _parse_clean(
-    data: bytes, first_line: int, header: zeek.Header
+    data: bytes,
+    first_line: int,
+    newlines: int,
+    header: zeek.Header,
+    fields: Sequence[str] | None,
 ) -> pl.DataFrame | None:
     """Parse a block with Polars' typed CSV reader, or return None.
 
-    The reader itself rejects a line with too many fields, an unparsable
-    number or invalid UTF-8. Lines with too few fields are ruled out by
-    counting separators over the whole block: with no line too long, the
-    total is right only if every line has all its fields. Any doubt returns
-    None, and the caller parses the block line by line instead.
+    Any doubt returns None, and the caller parses the block line by line
+    instead. The checks, all vectorised:
+
+    - Field counts: the separators of the whole block are counted once.
+      The reader rejects a line with too many fields when it reads every
+      column, and with that the total is right only if every line has all
+      its fields. When it reads a subset (`_ReadPlan`), it ignores extra
+      fields, so the last column is read without null markers instead.
+      It is then null only on a line with too few fields or with an empty
+      last field, and in that case the block is read again in full.
+    - Invalid UTF-8: the reader validates the whole block.
+    - Numbers: every numeric field is read as Float64, whether or not it
+      was asked for, and must parse and be finite.
+    - Identity: `ts` and `uid` must be present.
     """
     names = list(header.fields)
     if not data or len(set(names)) != len(names) or len(header.separator) != 1:
         return None
+    lines = newlines + (not data.endswith(b"\n"))
     octets = np.frombuffer(data, dtype=np.uint8)
-    lines = int(np.count_nonzero(octets == ord("\n"))) + (not data.endswith(b"\n"))
     separators = int(np.count_nonzero(octets == ord(header.separator)))
     merged = len(names) >= 3 and zeek.IOT23_LABEL_SEPARATOR.encode() in data
-    physical = names[:-3] + ["_tail"] if merged else names
+    physical = names[:-3] + [_TAIL] if merged else names
     if separators != (len(physical) - 1) * lines:
         return None
 
-    schema = {
-        name: pl.Float64 if name in zeek.NUMERIC_FIELDS else pl.String
-        for name in physical
-    }
-    try:
-        frame = pl.read_csv(
-            io.BytesIO(data),
-            has_header=False,
-            separator=header.separator,
-            quote_char=None,
-            schema=schema,
-            null_values=[header.unset_field, header.empty_field],
-            truncate_ragged_lines=False,
-        )
-    except (pl.exceptions.PolarsError, UnicodeDecodeError):
+    plan = _ReadPlan.make(physical, names, header, fields)
+    frame = _read_typed(data, header, plan)
+    if (
+        frame is not None
+        and plan.subset
+        and frame.get_column(physical[-1]).null_count()
+    ):
+        # A short line reads as null in the last column, and so does an empty
+        # last field. Only a read of every column distinguishes the two.
+        plan = _ReadPlan.make(physical, names, header, None)
+        frame = _read_typed(data, header, plan)
+    if frame is None or frame.height != lines:
         return None
-    if frame.height != lines:
-        return None
-    if merged:
-        tail = names[-3:]
-        spaced = pl.col("_tail").str.count_matches(
-            zeek.IOT23_LABEL_SEPARATOR, literal=True
-        )
-        if frame.select((spaced == 2).all()).item() is not True:
-            return None
+    if plan.markers:
         frame = frame.with_columns(
-            pl.col("_tail")
-            .str.split_exact(zeek.IOT23_LABEL_SEPARATOR, 2)
-            .struct.rename_fields(tail)
-            .alias("_tail")
-        ).unnest("_tail")
+            pl.when(pl.col(name).is_in(markers))
+            .then(None)
+            .otherwise(pl.col(name))
+            .alias(name)
+            for name, markers in plan.markers.items()
+        )
 
     numbers = [name for name in zeek.NUMERIC_FIELDS if name in frame.columns]
     checks = frame.select(
@@ -174,8 +203,112 @@ def _parse_clean(
     ).row(0)
     if not all(checks):
         return None
+    if merged:
+        frame = _split_tail(frame, names[-3:], header)
+        if frame is None:
+            return None
     lines_column = pl.int_range(first_line, first_line + lines, eager=True)
-    return records.clean_records(frame, lines_column, header)
+    return records.clean_records(frame, lines_column, header, fields=fields)
+
+
+def _read_typed(
+    data: bytes, header: zeek.Header, plan: _ReadPlan
+) -> pl.DataFrame | None:
+    """Read a block with Polars following `plan`, or return None if Polars fails."""
+    try:
+        return (
+            pl.scan_csv(
+                data,
+                has_header=False,
+                separator=header.separator,
+                quote_char=None,
+                schema=plan.schema,
+                null_values=plan.null_values,
+                truncate_ragged_lines=False,
+            )
+            .select(plan.columns)
+            .collect()
+        )
+    except (pl.exceptions.PolarsError, UnicodeDecodeError):
+        return None
+
+
+@dataclass(frozen=True)
+class _ReadPlan:
+    """Columns, types and null markers for one Polars read of a block."""
+
+    schema: dict[str, pl.DataType]
+    columns: list[str]
+    null_values: list[str] | dict[str, str]
+    subset: bool
+    """True when only some columns are read (see `_parse_clean`)."""
+    markers: dict[str, list[str]]
+    """String columns whose missing markers are turned into nulls after
+    reading, because a subset read gives each column one null marker."""
+
+    @classmethod
+    def make(
+        cls,
+        physical: list[str],
+        names: list[str],
+        header: zeek.Header,
+        fields: Sequence[str] | None,
+    ) -> _ReadPlan:
+        schema: dict[str, pl.DataType] = {
+            name: pl.Float64() if name in zeek.NUMERIC_FIELDS else pl.String()
+            for name in physical
+        }
+        markers = [header.unset_field, header.empty_field]
+        last = physical[-1]
+        requested = set(records.output_fields(fields))
+        requested |= {"ts", "uid", *zeek.NUMERIC_FIELDS}
+        if last == _TAIL and requested & set(names[-3:]):
+            requested.add(_TAIL)
+        columns = [name for name in physical if name in requested]
+        if last not in columns:
+            columns.append(last)
+        if len(columns) == len(physical) or last in zeek.NUMERIC_FIELDS:
+            return cls(schema, physical, markers, subset=False, markers={})
+
+        null_values = {name: header.unset_field for name in physical[:-1]}
+        strings = {
+            name: [header.empty_field, *([header.unset_field] if name == last else [])]
+            for name in columns
+            if name not in zeek.NUMERIC_FIELDS and name != _TAIL
+        }
+        return cls(schema, columns, null_values, subset=True, markers=strings)
+
+
+def _split_tail(
+    frame: pl.DataFrame, tail: list[str], header: zeek.Header
+) -> pl.DataFrame | None:
+    """Split the three-space joined last column into its fields, or return None.
+
+    The column contains few distinct values (labels), so each is split once
+    and the rows pick their parts by dictionary code. A part that is a
+    missing marker becomes null.
+    """
+    column = frame.get_column(_TAIL)
+    if column.null_count():
+        return None
+    distinct = column.unique().to_list()
+    parts = [value.split(zeek.IOT23_LABEL_SEPARATOR) for value in distinct]
+    if any(len(split) != len(tail) for split in parts):
+        return None
+    markers = (header.unset_field, header.empty_field, "")
+    codes = column.cast(pl.Enum(distinct)).to_physical()
+    columns = [
+        pl.Series(
+            name,
+            [
+                None if split[position] in markers else split[position]
+                for split in parts
+            ],
+            dtype=pl.String,
+        ).gather(codes)
+        for position, name in enumerate(tail)
+    ]
+    return frame.drop(_TAIL).with_columns(columns)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def read_json(
     path: Path, skips: SkipLog, *, chunk_bytes: int
 ) -> Iterator[pl.DataFrame]:
     """Yield flow record frames (see `records.to_records`) from a JSON log."""
-    for first_line, chunk in read_chunks(path, chunk_bytes):
+    for first_line, chunk, _ in read_chunks(path, chunk_bytes):
         numbers: list[int] = []
         columns: dict[str, list[str | None]] = {
             name: [] for name in zeek.LABELED_CONN_FIELDS

@@ -187,7 +187,11 @@ def _encode_file(
     """Encode one input file into part files and return their paths."""
     written = []
     frames = readers.read_flows(
-        report.path, report=report, max_rows=max_rows, chunk_bytes=chunk_bytes
+        report.path,
+        report=report,
+        max_rows=max_rows,
+        chunk_bytes=chunk_bytes,
+        fields=record_fields(feature_set),
     )
     for frame in frames:
         frame = frame.with_columns(labels.source_class_expr())
@@ -207,7 +211,7 @@ def _encode_file(
         if not kept.height:
             continue
 
-        encoded = features.encode(encoder_columns(kept, feature_set), feature_set)
+        encoded = encode_frame(kept, feature_set)
         part = parts / f"{file_index:05d}-{len(written):05d}.parquet"
         pq.write_table(
             _part_table(kept, encoded, report, file_index, classes, feature_set), part
@@ -227,6 +231,27 @@ def _encode_file(
         report.skipped.total,
     )
     return written
+
+
+def record_fields(feature_set: str) -> tuple[str, ...]:
+    """Return the record fields that prepare reads: the encoder's and the keys."""
+    return (*features.input_fields(feature_set), "uid", "ts")
+
+
+def encode_frame(frame: pl.DataFrame, feature_set: str) -> np.ndarray:
+    """Encode a record frame into a column-major float32 array (flows, features).
+
+    Column-major order is the fastest for the encoder to fill, and its
+    transpose stores each feature contiguously, as Parquet columns take it.
+    """
+    out = np.empty(
+        (frame.height, len(features.feature_names(feature_set))),
+        dtype=np.float32,
+        order="F",
+    )
+    return features.encode_into(
+        encoder_columns(frame, feature_set), feature_set, out=out
+    )
 
 
 def encoder_columns(frame: pl.DataFrame, feature_set: str) -> dict[str, Any]:

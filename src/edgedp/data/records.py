@@ -11,6 +11,8 @@ flow's identity) are removed and counted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import polars as pl
 
 from edgedp import zeek
@@ -104,7 +106,12 @@ def to_records(
             pl.when(is_marker(name)).then(None).otherwise(pl.col(name)).alias(name)
             for name in zeek.STRING_FIELDS
         ],
-        (suspect | pl.col("ts").is_null() | pl.col("uid").is_null()).alias(_BAD),
+        (
+            suspect
+            | pl.col("ts").is_null()
+            | pl.col("uid").is_null()
+            | is_marker("uid")
+        ).alias(_BAD),
     )
 
     flagged = typed.filter(pl.col(_BAD))
@@ -133,7 +140,8 @@ def _recheck(raw: pl.DataFrame, markers: list[str], skips: SkipLog) -> pl.DataFr
             except ValueError:
                 reason = f"unparsable number in {name}"
                 break
-        if reason is None and (row["ts"] is None or not (row["uid"] or "").strip()):
+        uid = (row["uid"] or "").strip()
+        if reason is None and (row["ts"] is None or uid in markers):
             reason = "missing ts" if row["ts"] is None else "missing uid"
         if reason is not None:
             skips.add(row[LINE], reason)
@@ -169,16 +177,42 @@ def to_records_strict(frame: pl.DataFrame, markers: list[str]) -> pl.DataFrame:
     )
 
 
+def output_fields(fields: Sequence[str] | None) -> list[str]:
+    """Return the record fields a reader yields for a `fields` request, in order.
+
+    None means every field of `zeek.LABELED_CONN_FIELDS`. The label fields
+    are always included, because every reader counts them.
+
+    Raises:
+        ValueError: a name is not a field of `zeek.LABELED_CONN_FIELDS`.
+    """
+    if fields is None:
+        return list(zeek.LABELED_CONN_FIELDS)
+    unknown = [name for name in fields if name not in zeek.LABELED_CONN_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"unknown flow record fields {', '.join(map(repr, unknown))}; "
+            f"choose from {', '.join(zeek.LABELED_CONN_FIELDS)}"
+        )
+    chosen = set(fields) | set(zeek.LABEL_FIELDS)
+    return [name for name in zeek.LABELED_CONN_FIELDS if name in chosen]
+
+
 def clean_records(
-    frame: pl.DataFrame, lines: pl.Series, header: zeek.Header
+    frame: pl.DataFrame,
+    lines: pl.Series,
+    header: zeek.Header,
+    *,
+    fields: Sequence[str] | None = None,
 ) -> pl.DataFrame:
     """Finish a frame that Polars parsed with numbers typed and markers as null.
 
-    The caller has already checked every number, `ts` and `uid`; this adds
-    the line numbers, absent fields, the bool fields and label spelling.
+    The caller has already checked every number, `ts` and `uid`. This adds
+    the line numbers, absent fields, the bool fields and label spelling. It
+    keeps the columns that `output_fields(fields)` lists.
     """
     columns = [lines.cast(pl.Int64).alias(LINE)]
-    for name in zeek.LABELED_CONN_FIELDS:
+    for name in output_fields(fields):
         if name not in frame.columns:
             columns.append(pl.lit(None, dtype=RECORD_SCHEMA[name]).alias(name))
         elif name in zeek.BOOL_FIELDS:

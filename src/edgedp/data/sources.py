@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from edgedp import zeek
 
@@ -113,37 +113,51 @@ def open_binary(path: Path) -> BinaryIO:
     return handle
 
 
-def read_chunks(
-    path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES
-) -> Iterator[tuple[int, bytes]]:
-    """Yield `(first line number, bytes)` blocks that end on a line break.
+class Block(NamedTuple):
+    """A run of whole lines from a file."""
 
-    Line numbers start at 1. Memory use is about two blocks, whatever the
-    file size.
+    first_line: int
+    """Number of the block's first line in the file, from 1."""
+    data: bytes
+    newlines: int
+    """Number of line breaks in `data`; the last line of a file may lack one."""
+
+
+def read_chunks(path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Block]:
+    """Yield the file in `Block`s of about `chunk_bytes` that end on a line break.
+
+    Only the file's last block may end without one. A block that ends inside
+    a line is completed with `readline`, which copies it once. Memory use is
+    about one block whatever the file size, unless one line is longer than a
+    block.
     """
     line = 1
-    rest = b""
     with open_binary(path) as handle:
         while True:
             try:
-                block = handle.read(chunk_bytes)
+                data = handle.read(chunk_bytes)
+                if data and not data.endswith(b"\n"):
+                    data += _rest_of_line(handle, chunk_bytes)
             except (OSError, EOFError) as error:
                 raise FlowLogError(
                     f"{path} could not be decompressed after line {line}: {error}; "
                     "the gzip file is damaged or truncated, so download it again"
                 ) from error
-            if not block:
+            if not data:
                 break
-            data = rest + block
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                rest = data
-                continue
-            chunk, rest = data[:cut], data[cut:]
-            yield line, chunk
-            line += chunk.count(b"\n")
-    if rest:
-        yield line, rest
+            newlines = data.count(b"\n")
+            yield Block(line, data, newlines)
+            line += newlines
+
+
+def _rest_of_line(handle: BinaryIO, chunk_bytes: int) -> bytes:
+    """Read up to and including the next line break, or to the end of the file."""
+    pieces = []
+    while True:
+        piece = handle.readline(chunk_bytes)
+        pieces.append(piece)
+        if not piece or piece.endswith(b"\n"):
+            return b"".join(pieces)
 
 
 def _first_lines(path: Path) -> list[str]:
