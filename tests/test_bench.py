@@ -46,7 +46,13 @@ def test_spreads_cover_repeats(classifier_results):
     for name, variant in result["variants"].items():
         measured = ["peak_rss_bytes"]
         if name != "python":
-            measured += ["single_seconds", "batch_seconds", "single_peak_rss_bytes"]
+            measured += [
+                "single_seconds",
+                "single_cpu_seconds",
+                "batch_seconds",
+                "batch_cpu_seconds",
+                "single_peak_rss_bytes",
+            ]
         for key in measured:
             spread = variant[key]
             assert len(spread["values"]) == 2, (name, key)

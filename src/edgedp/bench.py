@@ -13,12 +13,12 @@ that never imported torch. Variants:
 | `int8` | model_int8.tflite | float32, quantized on every call |
 | `int8-input` | model_int8.tflite | int8, all flows quantized once up front |
 
-Each variant reports the seconds for all flows fed one at a time (one call
-and one invoke per flow, as a gateway reading a live log does) and as one
-batch, and the process's peak resident set size after the one-at-a-time
-phase and at the end, after the batch. The result gives the median,
-minimum and maximum over the repeats, which run round-robin over the
-variants.
+Each variant reports the wall-clock and CPU seconds for all flows fed one at
+a time (one call and one invoke per flow, as a gateway reading a live log
+does) and as one batch. It also reports the process's peak resident set
+size, after the one-at-a-time phase and again after the batch. The result
+gives the median, minimum and maximum over the repeats, which run
+round-robin over the variants.
 
 The flows come from the test split of the bundle's prepared dataset,
 repeated when the split is smaller than the requested count.
@@ -165,7 +165,7 @@ def bench_bundle(
             )
         name = VARIANT_FILES[variant]
         if name is not None:
-            # Raises BundleError that says to run `edgedp optimize`.
+            # Raises a BundleError whose message tells to run `edgedp optimize`.
             bundle.path(name)
 
     features, features_source = _bench_features(bundle, samples, seed)
@@ -209,7 +209,9 @@ def _summarize(bundle: Bundle, variant: str, runs: list[dict]) -> dict[str, Any]
         "file": name,
         "file_bytes": bundle.manifest["files"][name]["bytes"] if name else None,
         "single_seconds": single,
+        "single_cpu_seconds": _spread([run["single_cpu_seconds"] for run in runs]),
         "batch_seconds": _spread([run["batch_seconds"] for run in runs]),
+        "batch_cpu_seconds": _spread([run["batch_cpu_seconds"] for run in runs]),
         "single_peak_rss_bytes": _spread(
             [run["single_peak_rss_bytes"] for run in runs]
         ),
@@ -217,8 +219,10 @@ def _summarize(bundle: Bundle, variant: str, runs: list[dict]) -> dict[str, Any]
         "loaded_modules": runs[0]["loaded_modules"],
     }
     if single is not None:
-        summary["single_microseconds_per_flow"] = (
-            single["median"] / runs[0]["flows"] * 1e6
+        flows = runs[0]["flows"]
+        summary["single_microseconds_per_flow"] = single["median"] / flows * 1e6
+        summary["single_cpu_microseconds_per_flow"] = (
+            summary["single_cpu_seconds"]["median"] / flows * 1e6
         )
     return summary
 

@@ -10,12 +10,12 @@ memory (`ru_maxrss`) is what a gateway running that format would pay:
 - `int8`: the LiteRT int8 model fed float32 features, quantized per flow.
 - `int8-input`: the LiteRT int8 model fed int8 features, quantized once.
 
-It prints one JSON object on stdout: the seconds for all flows fed one at a
-time (one invoke per flow) and as one batch, the peak resident set size in
-bytes (see `peak_resident_bytes`) after the one-at-a-time phase and at the
-end (the batch phase holds every flow's activations at once), and which
-heavy modules the process had loaded. The module imports
-nothing but the standard library at the top.
+It prints one JSON object on stdout: the wall-clock and CPU seconds for all
+flows fed one at a time (one invoke per flow) and as one batch, the peak
+resident set size in bytes (see `peak_resident_bytes`) after the
+one-at-a-time phase and at the end (the batch phase keeps every flow's
+activations in memory at once), and which heavy modules the process had
+loaded. The module imports nothing but the standard library at the top.
 """
 
 from __future__ import annotations
@@ -36,25 +36,43 @@ torch's first-call dispatch) is not charged to the measurement."""
 HEAVY_MODULES = ("torch", "polars", "pyarrow", "litert_torch", "ai_edge_quantizer")
 
 
-def _time_calls(function: Callable[[int], object], flows: int) -> float:
+class Stopwatch:
+    """Wall-clock and CPU seconds of a `with` block.
+
+    CPU time (`time.process_time`, all threads of this process) leaves out
+    the time the process waits while other jobs run, so it is the steadier
+    figure on a shared machine. Wall time is what the study reported.
+    """
+
+    def __enter__(self) -> Stopwatch:
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+def _time_calls(function: Callable[[int], object], flows: int) -> Stopwatch:
     for index in range(min(WARMUP_FLOWS, flows)):
         function(index)
-    start = time.perf_counter()
-    for index in range(flows):
-        function(index)
-    return time.perf_counter() - start
+    with Stopwatch() as watch:
+        for index in range(flows):
+            function(index)
+    return watch
 
 
-def _time_once(function: Callable[[], object]) -> float:
+def _time_once(function: Callable[[], object]) -> Stopwatch:
     # The untimed first call resizes the input tensor to the batch size.
     function()
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
+    with Stopwatch() as watch:
+        function()
+    return watch
 
 
-Measured = tuple[float, int, float]
-"""Seconds one at a time, peak resident bytes after that phase, batch seconds."""
+Measured = tuple[Stopwatch, int, Stopwatch]
+"""One-at-a-time timing, peak resident bytes after that phase, batch timing."""
 
 
 def _measure_torch(bundle: Path, features, threads: int) -> Measured:
@@ -110,9 +128,8 @@ def _measure_litert(bundle: Path, features, variant: str, threads: int) -> Measu
                 runner.predict_one_quantized(row)
 
         run_single(features[:WARMUP_FLOWS])
-        start = time.perf_counter()
-        run_single(features)
-        single = time.perf_counter() - start
+        with Stopwatch() as single:
+            run_single(features)
         single_peak = peak_resident_bytes()
         batch = _time_once(lambda: runner.predict_quantized(runner.quantize(features)))
         return single, single_peak, batch
@@ -161,8 +178,10 @@ def measure(bundle: Path, variant: str, features_path: Path, threads: int) -> di
     return {
         "variant": variant,
         "flows": len(features),
-        "single_seconds": single,
-        "batch_seconds": batch,
+        "single_seconds": single and single.wall,
+        "single_cpu_seconds": single and single.cpu,
+        "batch_seconds": batch and batch.wall,
+        "batch_cpu_seconds": batch and batch.cpu,
         "single_peak_rss_bytes": single_peak,
         "peak_rss_bytes": peak_resident_bytes(),
         "ru_maxrss_bytes": _ru_maxrss_bytes(),

@@ -8,8 +8,8 @@ validation split and records in `bundle.json`:
 
 - `formats`: per format its file, size in bytes and validation score
   (`accuracy` for a classifier, `roc_auc` of benign against malicious
-  flows for an autoencoder); for int8 also the calibration source and size
-  and the scale and zero point of the int8 input tensor.
+  flows for an autoencoder). The int8 entry also records the calibration
+  source and size and the scale and zero point of the int8 input tensor.
 - `privacy.calibration`: the calibration source and whether the DP-SGD
   guarantee still covers the int8 model (see `CALIBRATION_SOURCES`).
 
@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CalibrationSource:
-    """Where the int8 activation ranges come from, and what that does to DP."""
+    """A source of int8 calibration flows and its effect on the DP guarantee."""
 
     name: str
     covered_by_dp: bool
@@ -96,8 +96,8 @@ on IoT-23, int8 models calibrated on synthetic flows score within a
 percentage point of those calibrated on real flows, and synthetic is the
 one source that leaves the int8 model covered by the DP guarantee."""
 DEFAULT_CALIBRATION_SIZE = 1000
-"""Calibration flows. Min/max ranges of these small models settle well below
-this count; more flows only lengthen the calibration."""
+"""Calibration flows; the accuracy table in docs/shrinking.md was measured
+with this many."""
 
 QUANTIZATION_RECIPE = "static_wi8_ai8"
 """ai-edge-quantizer recipe: int8 channelwise weights, int8 activations and
@@ -130,21 +130,13 @@ def load_torch_model(bundle: Bundle):
         BundleError: the bundle lists no torch weights, or they do not fit
             the architecture recorded in `bundle.json`.
     """
-    import torch
-
-    from edgedp.models import ModelSpec, build_model
+    from edgedp.models import ModelSpec, load_model
 
     weights = bundle.path(TORCH_WEIGHTS)
-    model = build_model(ModelSpec.from_json(bundle.manifest["model"]))
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, EOFError) as error:
-        raise BundleError(
-            f"{weights} does not hold weights for the model in bundle.json "
-            f"({error}); retrain the bundle"
-        ) from error
-    return model.eval()
+        return load_model(ModelSpec.from_json(bundle.manifest["model"]), weights)
+    except (ValueError, EOFError) as error:
+        raise BundleError(f"{error}; retrain the bundle") from error
 
 
 def _dataset_path(bundle: Bundle) -> str | None:
@@ -301,9 +293,10 @@ def synthetic_features(
     When the bundle's features are one of the fixed encoder's feature sets,
     this draws raw flow fields (ports, protocol, connection state, service,
     history, log-uniform counts and durations) from the encoder's own
-    vocabularies and caps and encodes them, so one-hot groups hold exactly
-    one slot as in real flows. Otherwise it draws each feature uniformly
-    from [0, 1], the range the encoder guarantees.
+    vocabularies and caps. It then encodes them, so every one-hot group has
+    exactly one slot set, as in real flows. For other feature names it
+    draws each feature uniformly from [0, 1], the range the encoder
+    guarantees.
 
     Returns:
         float32 array of shape (size, n_features).
@@ -364,8 +357,9 @@ def _quiet_libraries() -> Iterator[None]:
 def _strip_names(content: bytes) -> bytes:
     """Drop tensor and subgraph names, which no interpreter needs.
 
-    The names are the torch module paths of every tensor and take a fifth
-    of a small model's file. Signature definitions are kept.
+    The names are the torch module paths of the tensors: about 2 KB, which
+    is 6% of the default classifier's int8 file. Signature definitions are
+    kept.
     """
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -469,16 +463,9 @@ def validation_score(kind: str, classes: list[str], labels, outputs) -> dict:
 
 def torch_outputs(model, features: np.ndarray) -> np.ndarray:
     """Return what the LiteRT runner returns, computed by the torch model."""
-    import torch
+    from edgedp.evaluate import predict_torch
 
-    from edgedp.models import Autoencoder, reconstruction_error
-
-    with torch.inference_mode():
-        inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        outputs = model(inputs)
-        if isinstance(model, Autoencoder):
-            outputs = reconstruction_error(inputs, outputs)
-    return outputs.numpy()
+    return predict_torch(model, np.asarray(features, dtype=np.float32))
 
 
 # The bundle step.
@@ -523,8 +510,8 @@ def optimize_bundle(
             `CALIBRATION_SOURCES` for what each does to the DP guarantee).
         calibration_size: flows used to calibrate int8 activation ranges.
         seed: seeds the choice of calibration flows.
-        force: convert again even if the bundle already holds models made
-            from its current weights with these calibration settings.
+        force: convert again even if the bundle already contains models
+            made from its current weights with these calibration settings.
 
     Returns:
         The updated bundle.
@@ -548,13 +535,17 @@ def optimize_bundle(
             f"unknown calibration source {calibration!r}; "
             f"choose one of {', '.join(CALIBRATION_SOURCES)}"
         )
-    wanted = {"source": calibration, "requested_size": calibration_size, "seed": seed}
+    requested = {
+        "source": calibration,
+        "requested_size": calibration_size,
+        "seed": seed,
+    }
     named_dataset = None
     if isinstance(data, PreparedDataset):
         named_dataset = str(data.root)
     elif data is not None:
         named_dataset = str(Path(data))
-    if not force and _is_current(bundle, wanted, named_dataset):
+    if not force and _is_current(bundle, requested, named_dataset):
         logger.info("skipped %s: its LiteRT models are up to date", bundle.root)
         return bundle
 
@@ -579,7 +570,7 @@ def optimize_bundle(
 
     validation = dataset.split("validation")
     formats = _score_formats(bundle, model, fp32_content, int8_content, validation)
-    formats["int8"]["calibration"] = {**wanted, "size": len(flows)}
+    formats["int8"]["calibration"] = {**requested, "size": len(flows)}
     formats["source_weights_sha256"] = bundle.manifest["files"][TORCH_WEIGHTS]["sha256"]
     formats["validation_flows"] = len(validation)
     formats["dataset"] = str(dataset.root)

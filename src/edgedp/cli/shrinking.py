@@ -165,12 +165,12 @@ def bench(
         table.add_column("variant")
         table.add_column("file KiB", justify="right")
         table.add_column("one at a time s", justify="right")
-        table.add_column("µs/flow", justify="right")
+        table.add_column("CPU µs/flow", justify="right")
         table.add_column("one batch s", justify="right")
         table.add_column("peak RSS MiB one at a time / after batch", justify="right")
         for name, variant in result["variants"].items():
             size = variant["file_bytes"]
-            per_flow = variant.get("single_microseconds_per_flow")
+            per_flow = variant.get("single_cpu_microseconds_per_flow")
             table.add_row(
                 name,
                 "-" if size is None else f"{size / 1024:.1f}",

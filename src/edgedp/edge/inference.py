@@ -43,7 +43,7 @@ from edgedp.bundle import (
 logger = logging.getLogger(__name__)
 
 MODEL_FILES: dict[str, str] = {"fp32": FP32_MODEL, "int8": INT8_MODEL}
-"""Model format name to the bundle file that holds it."""
+"""Model format name to the bundle file that contains it."""
 
 CLASSIFIER = "classifier"
 AUTOENCODER = "autoencoder"
@@ -232,6 +232,9 @@ class Runner:
         self._output_table = None
         if model.output_quantization is not None:
             self._output_table = model.output_quantization.dequantization_table()
+        self._input_table = None
+        if model.input_quantization is not None:
+            self._input_table = model.input_quantization.dequantization_table()
 
     @property
     def n_features(self) -> int:
@@ -331,8 +334,9 @@ class Runner:
         """Score one float32 flow of shape (features,) with one invoke.
 
         Returns the probabilities of shape (classes,) for a classifier and
-        the reconstruction error as a float for an autoencoder. The int8
-        model quantizes the row on every call.
+        the reconstruction error as a float for an autoencoder. The
+        probabilities are a buffer that the next call overwrites, so copy
+        them to keep them. The int8 model quantizes the row on every call.
         """
         quantization = self.input_quantization
         if quantization is None:
@@ -347,7 +351,8 @@ class Runner:
         raw = self.model.invoke_one(row)
         reference = None
         if self.kind == AUTOENCODER:
-            reference = self.input_quantization.dequantize(row)
+            # One table lookup costs less than dequantize's three numpy calls.
+            reference = self._input_table[row.view(np.uint8)]
         return self._score_one(reference, raw)
 
     def _score_one(self, reference: np.ndarray | None, raw: np.ndarray):
@@ -360,7 +365,9 @@ class Runner:
             outputs = self._output_values
         if self.kind == CLASSIFIER:
             return outputs
-        return float(np.mean((reference - outputs) ** 2))
+        # A dot product costs a fraction of np.mean on one flow's features.
+        difference = reference - outputs
+        return float(np.dot(difference, difference)) / difference.size
 
 
 def load_runner(
