@@ -1,11 +1,11 @@
 """Benchmark: int8 accuracy for each calibration source, on the test split.
 
-For each bundle, converts the torch model to LiteRT float32 once, then
+For each bundle, converts the torch model to LiteRT float32 once. Then it
 quantizes it to int8 with activation ranges from each calibration source
-(`validation`, `train`, `synthetic`, plus `uniform`: every feature drawn
-uniformly from [0, 1], to show what the encoder-aware synthetic draws
-gain) and several calibration seeds. It scores torch, float32 and every
-int8 model on the test split: accuracy for a classifier, ROC-AUC of benign
+(`validation`, `train` and `synthetic`) and from `uniform` draws (every
+feature uniform in [0, 1], to show what the encoder-aware synthetic draws
+gain), once per calibration seed. It scores torch, float32 and every int8
+model on the test split: accuracy for a classifier, ROC-AUC of benign
 against malicious flows for an autoencoder.
 The test split is used because the `validation` source calibrates on the
 validation split, which would flatter it there.

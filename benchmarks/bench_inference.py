@@ -1,16 +1,17 @@
 """Benchmark: inference time, peak memory and file size per model format.
 
-For the default classifier and autoencoder, measures with `edgedp bench`
-(`edgedp.bench.bench_bundles`) 7000 flows fed one at a time and as one
-batch, for torch eager, LiteRT float32, LiteRT int8 fed float32 features
-(quantized per flow) and LiteRT int8 fed int8 features (quantized once).
-Each format runs in fresh processes, round-robin over the repeats; the
+For the default classifier and autoencoder, measures 7000 flows fed one at
+a time and as one batch with `edgedp.bench.bench_bundles`, the code behind
+`edgedp bench`. It compares torch eager, LiteRT float32, LiteRT int8 fed
+float32 features (quantized per flow) and LiteRT int8 fed int8 features
+(quantized once).
+
+Each format runs in fresh processes, round-robin over the repeats. The
 table shows medians over the repeats and the [min, max] range. CPU time
-(`time.process_time`) leaves out time spent waiting for other jobs, so on
-a shared machine it is the steadier figure; wall time is what the study
-reported. Peak memory
-is each process's VmHWM (peak resident set), read after the one-at-a-time
-phase and again after the batch of all flows.
+(`time.process_time`) leaves out time spent waiting for other jobs, so it
+is the steadier figure on a shared machine; wall time is what the study
+reported. Peak memory is each process's VmHWM (peak resident set), read
+after the one-at-a-time phase and again after the batch of all flows.
 
 Usage:
 

@@ -89,7 +89,7 @@ def test_litert_peak_memory_below_torch(classifier_results):
         for name, variant in result["variants"].items()
     }
 
-    # The parent process holds torch, so these also show that its memory
+    # The parent process has torch loaded, so these also show that its memory
     # is not counted in the workers' peaks.
     assert peaks["python"] < peaks["fp32"] < peaks["torch"]
     assert peaks["int8"] < peaks["torch"]

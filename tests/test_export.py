@@ -266,5 +266,6 @@ def test_synthetic_flows_for_unknown_features_are_uniform():
     flows = synthetic_features(200, n_features=7, feature_names=["a"] * 7, seed=2)
 
     assert flows.shape == (200, 7)
-    assert 0.0 <= flows.min() and flows.max() <= 1.0
+    assert flows.min() >= 0.0
+    assert flows.max() <= 1.0
     assert 0.3 < flows.mean() < 0.7

@@ -110,6 +110,21 @@ def test_one_flow_int8_input_matches_batch(bundles, sample, kind):
     np.testing.assert_allclose(single, batch, rtol=1e-5, atol=1e-7)
 
 
+def test_one_flow_int8_input_with_float_reference(bundles, sample):
+    runner = load_runner(bundles.autoencoder, "int8")
+    rows = sample[:40]
+
+    from_float = np.array([runner.predict_one(row) for row in rows])
+    with_reference = np.array(
+        [
+            runner.predict_one_quantized(quantized, row)
+            for row, quantized in zip(rows, runner.quantize(rows), strict=True)
+        ]
+    )
+
+    np.testing.assert_allclose(with_reference, from_float, rtol=1e-6, atol=0)
+
+
 def test_chunked_batches_match_one_batch(bundles, sample):
     whole = load_runner(bundles.classifier, "fp32").predict(sample[:100])
 

@@ -344,16 +344,25 @@ class Runner:
         quantization.quantize(row, out=self._quantized_row)
         return self._score_one(row, self.model.invoke_one(self._quantized_row))
 
-    def predict_one_quantized(self, row: np.ndarray) -> np.ndarray | float:
-        """Score one int8 flow of shape (features,); int8 model only."""
+    def predict_one_quantized(
+        self, row: np.ndarray, features: np.ndarray | None = None
+    ) -> np.ndarray | float:
+        """Score one int8 flow of shape (features,); int8 model only.
+
+        Args:
+            row: the flow's int8 features, from `quantize`.
+            features: the float32 features that `row` was quantized from,
+                if the caller still has them. The autoencoder then measures
+                its error against them, as `predict_one` does, instead of
+                against the dequantized row, which also saves a lookup.
+        """
         if self.input_quantization is None:
             raise ValueError(f"the {self.model_format} model takes float32 input")
         raw = self.model.invoke_one(row)
-        reference = None
-        if self.kind == AUTOENCODER:
+        if self.kind == AUTOENCODER and features is None:
             # One table lookup costs less than dequantize's three numpy calls.
-            reference = self._input_table[row.view(np.uint8)]
-        return self._score_one(reference, raw)
+            features = self._input_table[row.view(np.uint8)]
+        return self._score_one(features, raw)
 
     def _score_one(self, reference: np.ndarray | None, raw: np.ndarray):
         if self._output_table is None:
