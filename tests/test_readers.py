@@ -10,6 +10,7 @@ import pytest
 
 from edgedp import features, zeek
 from edgedp.data import delimited, readers, records, sources
+from edgedp.data.prefetch import prefetch
 from edgedp.data.records import LINE
 from edgedp.data.sources import FlowLogError
 
@@ -306,6 +307,55 @@ def test_clean_logs_take_fast_path(iot23, monkeypatch, fields):
         for path in sorted((iot23 / name).iterdir()):
             report, _ = read(path, fields=fields)
             assert report.rows_read == EXPECTED[f"{name}/{path.name}"][1]
+
+
+def test_prefetch_keeps_order_and_errors():
+    def numbers():
+        yield from range(50)
+        raise FlowLogError("damaged after 50")
+
+    received = []
+    with pytest.raises(FlowLogError, match="damaged after 50"):
+        for number in prefetch(numbers(), depth=3):
+            received.append(number)
+
+    assert received == list(range(50))
+
+
+def test_prefetch_close_stops_source():
+    produced = []
+    closed = []
+
+    def numbers():
+        try:
+            for number in range(1000):
+                produced.append(number)
+                yield number
+        finally:
+            closed.append(True)
+
+    items = prefetch(numbers())
+    first = next(items)
+    items.close()
+
+    assert first == 0
+    assert closed == [True]
+    assert len(produced) <= 3
+
+
+def test_error_in_later_block_reaches_caller(tmp_path, honeypot_lines):
+    header, data = honeypot_lines[:8], honeypot_lines[8:-2]
+    dns = [line.replace(b"#path\tconn", b"#path\tdns") for line in header]
+    path = tmp_path / "switched.conn.log"
+    path.write_bytes(b"\n".join(header + data + dns + data[:5]) + b"\n")
+    report = readers.open_report(path)
+    frames = readers.read_flows(path, report=report, chunk_bytes=1 << 12)
+
+    with pytest.raises(FlowLogError, match="starts a Zeek dns log"):
+        for _ in frames:
+            pass
+
+    assert report.rows_read == len(data)
 
 
 def test_header_blocks_crlf_and_no_close(tmp_path, honeypot_lines, iot23):

@@ -193,6 +193,7 @@ def _encode_file(
         chunk_bytes=chunk_bytes,
         fields=record_fields(feature_set),
     )
+    buffer = EncodeBuffer(feature_set)
     for frame in frames:
         frame = frame.with_columns(labels.source_class_expr())
         sources_seen = frame.get_column(labels.SOURCE_CLASS).unique().to_list()
@@ -211,7 +212,7 @@ def _encode_file(
         if not kept.height:
             continue
 
-        encoded = encode_frame(kept, feature_set)
+        encoded = encode_frame(kept, feature_set, out=buffer.rows(kept.height))
         part = parts / f"{file_index:05d}-{len(written):05d}.parquet"
         pq.write_table(
             _part_table(kept, encoded, report, file_index, classes, feature_set), part
@@ -238,20 +239,46 @@ def record_fields(feature_set: str) -> tuple[str, ...]:
     return (*features.input_fields(feature_set), "uid", "ts")
 
 
-def encode_frame(frame: pl.DataFrame, feature_set: str) -> np.ndarray:
-    """Encode a record frame into a column-major float32 array (flows, features).
+def encode_frame(
+    frame: pl.DataFrame, feature_set: str, *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Encode a record frame into a float32 array (flows, features) and return it.
 
-    Column-major order is the fastest for the encoder to fill, and its
-    transpose stores each feature contiguously, as Parquet columns take it.
+    Args:
+        frame: flow records with the fields `record_fields(feature_set)`.
+        feature_set: `paper` or `extended`.
+        out: the array to fill, such as `EncodeBuffer.rows`; by default a
+            new column-major one. Column-major order is the fastest for the
+            encoder to fill, and each feature column is then contiguous, as
+            Parquet columns take it.
     """
-    out = np.empty(
-        (frame.height, len(features.feature_names(feature_set))),
-        dtype=np.float32,
-        order="F",
-    )
+    if out is None:
+        out = np.empty(
+            (frame.height, len(features.feature_names(feature_set))),
+            dtype=np.float32,
+            order="F",
+        )
     return features.encode_into(
         encoder_columns(frame, feature_set), feature_set, out=out
     )
+
+
+class EncodeBuffer:
+    """A column-major float32 output array reused from block to block.
+
+    Filling memory that an earlier block already touched saves the page
+    faults that a fresh array of that size costs on every block.
+    """
+
+    def __init__(self, feature_set: str) -> None:
+        self.width = len(features.feature_names(feature_set))
+        self._array: np.ndarray | None = None
+
+    def rows(self, count: int) -> np.ndarray:
+        """Return a (count, features) view, valid until the next call."""
+        if self._array is None or self._array.shape[0] < count:
+            self._array = np.empty((count, self.width), dtype=np.float32, order="F")
+        return self._array[:count]
 
 
 def encoder_columns(frame: pl.DataFrame, feature_set: str) -> dict[str, Any]:
@@ -307,9 +334,9 @@ def _part_table(
         LABEL_INDEX_COLUMN: pa.array(label_index, pa.int64()),
         _FILE: pa.array(np.full(frame.height, file_index, dtype=np.int32)),
     }
-    by_feature = np.ascontiguousarray(encoded.T)
     for position, name in enumerate(names):
-        columns[name] = pa.array(by_feature[position])
+        # Contiguous in a column-major array, so Arrow wraps it without a copy.
+        columns[name] = pa.array(encoded[:, position])
     return pa.table(columns)
 
 

@@ -20,6 +20,7 @@ from edgedp import zeek
 from edgedp.data import records, sources
 from edgedp.data.delimited import read_delimited
 from edgedp.data.jsonlog import read_json
+from edgedp.data.prefetch import prefetch
 from edgedp.data.skips import SkipLog
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,11 @@ def read_flows(
         frames = read_delimited(
             path, layout, report.skipped, chunk_bytes=chunk_bytes, fields=fields
         )
+        if max_rows is None:
+            # Polars parses the next block while the caller works on this one.
+            # With a row limit the reader must not run ahead, because it would
+            # record skipped lines beyond the limit.
+            frames = prefetch(frames)
 
     for frame in frames:
         if fields is not None:
