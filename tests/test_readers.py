@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import os
+import threading
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -188,6 +190,50 @@ def test_small_blocks_give_same_records(iot23):
     assert blocks.equals(whole)
 
 
+def _fifo_with(path, content):
+    os.mkfifo(path)
+
+    def write():
+        with open(path, "wb") as handle:
+            handle.write(content)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    return writer
+
+
+@pytest.mark.parametrize("kind", ["plain", "gzip", "pipe"])
+def test_read_chunks_end_on_line_breaks(tmp_path, kind):
+    content = b"".join(b"x" * (i % 23) + b"\n" for i in range(200)) + b"no break"
+    path = tmp_path / "lines.log"
+    writer = None
+    if kind == "plain":
+        path.write_bytes(content)
+    elif kind == "gzip":
+        path.write_bytes(gzip.compress(content))
+    else:
+        writer = _fifo_with(path, content)
+
+    blocks = list(sources.read_chunks(path, chunk_bytes=16))
+    if writer is not None:
+        writer.join()
+
+    assert b"".join(block.data for block in blocks) == content
+    assert all(block.data.endswith(b"\n") for block in blocks[:-1])
+    assert blocks[-1].data.endswith(b"no break")
+    assert [block.first_line for block in blocks[1:]] == [
+        block.first_line + block.newlines for block in blocks[:-1]
+    ]
+    assert max(len(block.data) for block in blocks) < 16 + 23
+
+
+def test_read_chunks_empty_file(tmp_path):
+    path = tmp_path / "empty.log"
+    path.write_bytes(b"")
+
+    assert list(sources.read_chunks(path)) == []
+
+
 def test_max_rows(iot23):
     report, frame = read(
         iot23 / "zeek" / "CTU-Honeypot-Capture-5-1.conn.log.labeled", max_rows=100
@@ -278,6 +324,30 @@ def test_fields_subset_checks_every_line(tmp_path, honeypot_lines):
         "16",
         "18",
     ]
+    assert subset.equals(full.select(subset.columns))
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_fields_subset_numeric_last_column(tmp_path, iot23, damaged):
+    lines = (iot23 / "csv" / "CTU-IoT-Malware-Capture-44-1.labeled.csv").read_text()
+    rows = [line.split(",") for line in lines.splitlines()]
+    # Move resp_ip_bytes to the end, where a subset read cannot use it to
+    # find short lines.
+    moved = [row[:19] + row[20:] + [row[19]] for row in rows]
+    if damaged:
+        moved[5] = moved[5][:-1]
+    path = tmp_path / "numeric-last.csv"
+    path.write_text("\n".join(",".join(row) for row in moved) + "\n")
+
+    full_report, full = read(path)
+    report, subset = read(path, fields=PAPER_FIELDS)
+
+    assert full_report.skipped.examples == (
+        ["numeric-last.csv:6: wrong field count: expected 23, found 22"]
+        if damaged
+        else []
+    )
+    assert report.to_json() == full_report.to_json()
     assert subset.equals(full.select(subset.columns))
 
 

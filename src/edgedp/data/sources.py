@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import mmap
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,28 +127,57 @@ class Block(NamedTuple):
 def read_chunks(path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Block]:
     """Yield the file in `Block`s of about `chunk_bytes` that end on a line break.
 
-    Only the file's last block may end without one. A block that ends inside
-    a line is completed with `readline`, which copies it once. Memory use is
-    about one block whatever the file size, unless one line is longer than a
-    block.
+    Only the file's last block may end without one. A plain file is memory
+    mapped and each block copied out of the map once. A gzipped file (or one
+    that cannot be mapped, such as a pipe) is read block by block, and a
+    block that ends inside a line is completed with `readline`, which copies
+    it once more. Memory use is about one block whatever the file size,
+    unless one line is longer than a block.
+
+    Raises:
+        FlowLogError: the file cannot be read or decompressed.
     """
     line = 1
     with open_binary(path) as handle:
-        while True:
-            try:
-                data = handle.read(chunk_bytes)
-                if data and not data.endswith(b"\n"):
-                    data += _rest_of_line(handle, chunk_bytes)
-            except (OSError, EOFError) as error:
-                raise FlowLogError(
-                    f"{path} could not be decompressed after line {line}: {error}; "
-                    "the gzip file is damaged or truncated, so download it again"
-                ) from error
-            if not data:
-                break
-            newlines = data.count(b"\n")
-            yield Block(line, data, newlines)
-            line += newlines
+        try:
+            for data in _blocks(handle, chunk_bytes):
+                newlines = data.count(b"\n")
+                yield Block(line, data, newlines)
+                line += newlines
+        except (OSError, EOFError) as error:
+            raise FlowLogError(
+                f"{path} could not be read after line {line}: {error}; "
+                "a gzip file may be damaged or truncated, so download it again"
+            ) from error
+
+
+def _blocks(handle: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
+    if not isinstance(handle, gzip.GzipFile):
+        try:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            pass  # an empty file, a pipe or another file that mmap rejects
+        else:
+            with mapped:
+                yield from _map_blocks(mapped, chunk_bytes)
+            return
+
+    while True:
+        data = handle.read(chunk_bytes)
+        if not data:
+            return
+        if not data.endswith(b"\n"):
+            data += _rest_of_line(handle, chunk_bytes)
+        yield data
+
+
+def _map_blocks(mapped: mmap.mmap, chunk_bytes: int) -> Iterator[bytes]:
+    size = len(mapped)
+    start = 0
+    while start < size:
+        end = mapped.find(b"\n", min(start + chunk_bytes, size) - 1) + 1 or size
+        yield mapped[start:end]
+        start = end
 
 
 def _rest_of_line(handle: BinaryIO, chunk_bytes: int) -> bytes:
