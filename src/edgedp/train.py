@@ -257,15 +257,37 @@ def _validation_loss(model, loss, validation: Split, kind: str) -> float:
         return float(loss(outputs, features))
 
 
-def _fit(
+def steps_per_epoch(settings: TrainSettings, rows: int) -> int:
+    """Return optimizer steps per epoch: round(1 / q) under DP, else ceil(N / B)."""
+    if settings.private:
+        return round(rows / settings.batch_size)
+    return math.ceil(rows / settings.batch_size)
+
+
+def fit(
     model,
     data: TrainingData,
-    validation: Split,
     settings: TrainSettings,
-    noise_multiplier: float,
-    steps_per_epoch: int,
+    *,
+    noise_multiplier: float = 0.0,
+    validation: Split | None = None,
 ) -> list:
-    """Train `model.net` in place; return the accountant history (DP only)."""
+    """Train `model.net` in place for `settings.epochs` epochs.
+
+    Plain training shuffles the rows into batches of `settings.batch_size`
+    every epoch. DP training takes `steps_per_epoch` Poisson steps per epoch
+    at rate batch size / rows, with `noise_multiplier`.
+
+    Args:
+        model: a model from `edgedp.models.build_model`.
+        data: the rows to train on.
+        settings: the run's settings; `settings.private` selects DP-SGD.
+        noise_multiplier: sigma of DP-SGD, from `privacy.calibrate_noise`.
+        validation: when given, each epoch logs the validation loss.
+
+    Returns:
+        The accountant history of the DP steps taken, empty without DP.
+    """
     import torch
 
     from edgedp.models import training_loss
@@ -277,6 +299,7 @@ def _fit(
     sampling = random_generator(sampling_seed)
     loss = training_loss(model.spec)
     optimizer = torch.optim.Adam(model.net.parameters(), lr=settings.learning_rate)
+    steps = steps_per_epoch(settings, data.rows)
 
     dp_step = None
     sampler = None
@@ -302,7 +325,7 @@ def _fit(
             started = time.perf_counter()
             model.train()
             if dp_step is not None:
-                for _ in range(steps_per_epoch):
+                for _ in range(steps):
                     batch = sampler.sample()
                     dp_step(data.features[batch], data.targets[batch])
             else:
@@ -315,14 +338,24 @@ def _fit(
                     ).backward()
                     optimizer.step()
             model.eval()
+            elapsed = time.perf_counter() - started
+            if validation is None:
+                logger.info(
+                    "epoch %d/%d: %d steps in %.2f s",
+                    epoch,
+                    settings.epochs,
+                    steps,
+                    elapsed,
+                )
+                continue
             # Only validation numbers are logged: a training loss would be
             # computed on private rows outside the DP mechanism.
             logger.info(
                 "epoch %d/%d: %d steps in %.2f s, validation loss %.5f",
                 epoch,
                 settings.epochs,
-                steps_per_epoch,
-                time.perf_counter() - started,
+                steps,
+                elapsed,
                 _validation_loss(model, loss, validation, settings.kind),
             )
     finally:
@@ -463,9 +496,6 @@ def train_bundle(
                 population=training.population,
             )
             noise_multiplier = calibrate_noise(dp)
-            steps_per_epoch = dp.steps // settings.epochs
-        else:
-            steps_per_epoch = math.ceil(training.rows / settings.batch_size)
 
         n_features = len(dataset.feature_names)
         init_seed, _, _ = _seeds(settings.seed)
@@ -479,11 +509,15 @@ def train_bundle(
             net = build_model(spec)
 
         started = time.perf_counter()
-        history = _fit(
-            net, training, validation, settings, noise_multiplier, steps_per_epoch
+        history = fit(
+            net,
+            training,
+            settings,
+            noise_multiplier=noise_multiplier,
+            validation=validation,
         )
         wall_seconds = time.perf_counter() - started
-        steps = steps_per_epoch * settings.epochs
+        steps = steps_per_epoch(settings, training.rows) * settings.epochs
         # Rows seen, in expectation under Poisson sampling.
         samples_per_second = settings.epochs * training.rows / wall_seconds
 
