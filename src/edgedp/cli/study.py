@@ -136,3 +136,193 @@ def config_command(
         f"{len(settings.quick_profile().runs())}",
         highlight=False,
     )
+
+
+class _RichProgress:
+    """Shows `run_study`'s progress as Rich progress bars, one per stage."""
+
+    def __init__(self, progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def start(self, task: str, total: int | None, description: str) -> None:
+        self.tasks[task] = self.progress.add_task(escape(description), total=total)
+
+    def advance(self, task: str, description: str) -> None:
+        if task in self.tasks:
+            self.progress.update(
+                self.tasks[task],
+                advance=0 if self.progress.tasks[self.tasks[task]].total is None else 1,
+                description=escape(description),
+            )
+
+    def finish(self, task: str, description: str) -> None:
+        if task in self.tasks:
+            identifier = self.tasks[task]
+            total = self.progress.tasks[identifier].total
+            self.progress.update(
+                identifier,
+                total=total or 1,
+                completed=total or 1,
+                description=escape(description),
+            )
+
+
+@app.command()
+def run(
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Flow log file or folder (searched recursively). Repeat for "
+            "several. Default: the experiment file's paths, or the IoT-23 "
+            "scenarios downloaded into the cache.",
+        ),
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Experiment file (`edgedp config --show` prints the default).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run folder. Default: runs/NAME, NAME being the experiment "
+            "file's name (study without one), with -quick for --quick.",
+        ),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="Apply the experiment's quick profile: a sample of each file, "
+            "a small grid, few epochs.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Redo every stage, even finished ones."),
+    ] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Grid cells trained in parallel, one process each. Default: "
+            "one per usable CPU.",
+        ),
+    ] = None,
+) -> None:
+    """Run the whole study: prepare, train, optimize, evaluate, bench, report.
+
+    Rerunning the same command resumes: finished stages are skipped.
+    """
+    import logging
+    import shlex
+    from dataclasses import replace
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from edgedp import experiment as experiments
+    from edgedp.report import ReportError
+    from edgedp.study import StudyError, run_study
+
+    try:
+        settings = experiments.load_experiment(config_file)
+    except experiments.ExperimentError as error:
+        console.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
+        raise typer.Exit(1) from None
+    if data:
+        paths = tuple(str(path.expanduser().resolve()) for path in data)
+        settings = replace(settings, data=replace(settings.data, paths=paths))
+    if quick:
+        settings = settings.quick_profile()
+    if out is None:
+        name = config_file.stem if config_file is not None else "study"
+        out = Path("runs") / (f"{name}-quick" if quick else name)
+
+    # The terminal shows the progress bars and warnings; run.log gets INFO.
+    for handler in logging.getLogger().handlers:
+        if handler.level < logging.WARNING and not _verbose():
+            handler.setLevel(logging.WARNING)
+
+    command = "edgedp " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    console.print(
+        f"run folder {escape(str(out))}: {len(settings.runs())} grid cells, "
+        f"log in {escape(str(out / 'run.log'))}",
+        highlight=False,
+    )
+    try:
+        with Progress(*columns, console=console) as progress:
+            result = run_study(
+                settings,
+                out,
+                force=force,
+                jobs=jobs,
+                progress=_RichProgress(progress),
+                invocation={"command": command, "quick": quick},
+            )
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted.[/] Finished stages are kept; rerun the same "
+            "command to resume."
+        )
+        raise typer.Exit(130) from None
+    except (StudyError, ReportError, ValueError, OSError) as error:
+        console.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
+        raise typer.Exit(1) from None
+
+    console.print(
+        f"done in {result.wall_seconds:.0f} s: {len(result.ran)} stages ran, "
+        f"{len(result.skipped)} were already done. Report: "
+        f"{escape(str(result.report['markdown']))}",
+        highlight=False,
+    )
+
+
+def _verbose() -> bool:
+    import logging
+
+    return logging.getLogger().level <= logging.DEBUG
+
+
+@app.command()
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(help="Run folder written by `edgedp run`.")
+    ],
+) -> None:
+    """Write report.md, report.json and figures/ again from a run folder's files."""
+    from edgedp.report import ReportError, write_report
+
+    try:
+        paths = write_report(run_dir)
+    except ReportError as error:
+        console.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(
+        f"wrote {escape(str(paths['markdown']))}, {escape(str(paths['json']))} "
+        f"and {escape(str(paths['figures']))}/",
+        highlight=False,
+    )

@@ -1,0 +1,355 @@
+"""Gather a run folder's numbers into the report's JSON structure.
+
+Every number comes from the run's files: the bundles' `bundle.json`, the
+prepared dataset's `dataset.json`, `bench.json` and `state.json`. The only
+exception is the study's published numbers (`edgedp.report.published`).
+Values over seeds are summarized as mean and sample standard deviation
+(None with a single seed), with each seed's value and bundle listed.
+
+This module uses only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgedp.bundle import MANIFEST_NAME
+from edgedp.experiment import TrainingRun
+from edgedp.report import published
+from edgedp.study import layout
+
+CLASSIFIER_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+)
+AUTOENCODER_METRICS: tuple[str, ...] = (
+    "roc_auc",
+    "pr_auc",
+    "f1_study_threshold",
+    "f1_validation_threshold",
+    "validation_threshold",
+)
+MODEL_FORMATS: tuple[str, ...] = ("torch", "fp32", "int8")
+# The thresholds that `edgedp train` stores in an autoencoder's bundle.json.
+STUDY_THRESHOLD = "study"
+VALIDATION_THRESHOLD = "validation_fpr"
+
+
+class ReportError(ValueError):
+    """The run folder lacks a file that the report needs."""
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file, or raise ReportError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportError(
+            f"{path} not found; run `edgedp run` on this folder first"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ReportError(f"{path} is not valid JSON: {error}") from error
+
+
+def summarize(values: list[float]) -> dict[str, Any]:
+    """Return mean, sample standard deviation (None below 2 values) and values."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+        "values": values,
+    }
+
+
+def privacy_label(epsilon: float | None) -> str:
+    """Return `no DP` or `eps 0.5`, the privacy level's name in tables."""
+    return "no DP" if epsilon is None else f"eps {epsilon:g}"
+
+
+def _privacy_order(epsilon: float | None) -> float:
+    # No DP first, then from the weakest to the strongest privacy.
+    return float("-inf") if epsilon is None else -epsilon
+
+
+def grid_cells(experiment: dict[str, Any] | None) -> list[str] | None:
+    """Return the bundle names of the grid recorded in `state.json`."""
+    if not experiment:
+        return None
+    train = experiment["train"]
+    return [
+        TrainingRun(model, epsilon, seed).name
+        for model in train["models"]
+        for epsilon in train["epsilons"]
+        for seed in train["seeds"]
+    ]
+
+
+def read_bundles(run_dir: Path, names: list[str] | None) -> list[dict[str, Any]]:
+    """Return the manifests of the run's bundles, with `name` set to the folder.
+
+    With `names`, only those bundles are read (the run's current grid), in
+    that order; otherwise every bundle folder, sorted by name.
+    """
+    folder = run_dir / layout.BUNDLES
+    if names is None:
+        paths = sorted(p for p in folder.glob("*") if (p / MANIFEST_NAME).is_file())
+    else:
+        paths = [folder / name for name in names]
+    manifests = []
+    for path in paths:
+        if not (path / MANIFEST_NAME).is_file():
+            continue
+        manifest = read_json(path / MANIFEST_NAME)
+        manifest["name"] = path.name
+        manifests.append(manifest)
+    return manifests
+
+
+def _epsilon(manifest: dict[str, Any]) -> float | None:
+    return manifest["training"]["epsilon"]
+
+
+def _group(
+    manifests: Iterable[dict[str, Any]], kind: str
+) -> dict[float | None, list[dict[str, Any]]]:
+    groups: dict[float | None, list[dict[str, Any]]] = {}
+    for manifest in manifests:
+        if manifest["model"]["kind"] == kind:
+            groups.setdefault(_epsilon(manifest), []).append(manifest)
+    return dict(sorted(groups.items(), key=lambda item: _privacy_order(item[0])))
+
+
+def _metric_rows(
+    manifests: list[dict[str, Any]],
+    kind: str,
+    metrics: tuple[str, ...],
+    read: Callable[[dict[str, Any], str], float | None],
+) -> list[dict[str, Any]]:
+    """Summarize each metric over seeds, one row per privacy level and format."""
+    rows = []
+    for epsilon, group in _group(manifests, kind).items():
+        for model_format in MODEL_FORMATS:
+            scored = [
+                (m, m.get("metrics", {}).get("test", {}).get(model_format))
+                for m in group
+            ]
+            scored = [(m, s) for m, s in scored if s is not None]
+            if not scored:
+                continue
+            row: dict[str, Any] = {
+                "privacy": privacy_label(epsilon),
+                "epsilon": epsilon,
+                "format": model_format,
+                "bundles": [m["name"] for m, _ in scored],
+                "seeds": [m["training"]["seed"] for m, _ in scored],
+                "metrics": {},
+            }
+            for metric in metrics:
+                values = [read(s, metric) for _, s in scored]
+                if all(value is not None for value in values):
+                    row["metrics"][metric] = summarize(values)
+            rows.append(row)
+    return rows
+
+
+def _classifier_value(scores: dict[str, Any], metric: str) -> float | None:
+    return scores.get(metric)
+
+
+def _autoencoder_value(scores: dict[str, Any], metric: str) -> float | None:
+    thresholds = scores.get("thresholds", {})
+    if metric == "f1_study_threshold":
+        return thresholds.get(STUDY_THRESHOLD, {}).get("f1")
+    if metric == "f1_validation_threshold":
+        return thresholds.get(VALIDATION_THRESHOLD, {}).get("f1")
+    if metric == "validation_threshold":
+        return thresholds.get(VALIDATION_THRESHOLD, {}).get("threshold")
+    return scores.get(metric)
+
+
+def collect_data(dataset: dict[str, Any]) -> dict[str, Any]:
+    """Build the data section: inputs, rows, classes per split, what was skipped."""
+    inputs = []
+    for entry in dataset.get("inputs", []):
+        skipped = entry.get("rows_skipped") or {}
+        inputs.append(
+            {
+                "file": Path(entry["path"]).name,
+                "path": entry["path"],
+                "format": entry.get("format"),
+                "rows_read": entry.get("rows_read"),
+                "rows_skipped": skipped.get("total", 0),
+                "skip_reasons": skipped.get("reasons", {}),
+                "skip_examples": skipped.get("examples", []),
+                "duplicates_dropped": entry.get("duplicates_dropped", 0),
+                "labels": entry.get("labels", {}),
+                "detailed_labels": entry.get("detailed_labels", {}),
+            }
+        )
+    return {
+        "feature_set": dataset.get("feature_set"),
+        "features": len(dataset.get("feature_names", [])),
+        "encoder_version": dataset.get("encoder_version"),
+        "classes": dataset.get("classes", []),
+        "split": dataset.get("split"),
+        "max_rows_per_file": dataset.get("max_rows_per_file"),
+        "inputs": inputs,
+        # Files that prepare set aside while scanning folders, if it records any.
+        "rejected_files": dataset.get("rejected", []),
+        "splits": dataset.get("splits", {}),
+        "excluded_labels": dataset.get("excluded", {}),
+        "dropped_classes": dataset.get("dropped_classes", {}),
+        "duplicates_dropped": dataset.get("duplicates_dropped", 0),
+    }
+
+
+def collect_efficiency(
+    bench: dict[str, Any] | None, manifests: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Build the efficiency section: time, memory and size per model and format."""
+    if bench is None:
+        return None
+    rows = []
+    for measured in bench["bundles"]:
+        for variant, values in measured["variants"].items():
+            rows.append(
+                {
+                    "model": measured["kind"],
+                    "bundle": measured.get("cell", Path(measured["bundle"]).name),
+                    "format": variant,
+                    "file_bytes": values.get("file_bytes"),
+                    "single_seconds": _median(values.get("single_seconds")),
+                    "batch_seconds": _median(values.get("batch_seconds")),
+                    "single_peak_rss_bytes": _median(
+                        values.get("single_peak_rss_bytes")
+                    ),
+                    "peak_rss_bytes": _median(values.get("peak_rss_bytes")),
+                    "single_seconds_spread": values.get("single_seconds"),
+                    "batch_seconds_spread": values.get("batch_seconds"),
+                }
+            )
+    machine = dict(bench.get("machine", {}))
+    if manifests:
+        versions = manifests[0].get("training", {}).get("versions", {})
+        libraries = dict(machine.get("libraries", {}))
+        for name in ("opacus", "scikit-learn"):
+            if name in versions:
+                libraries[name] = versions[name]
+        machine["libraries"] = libraries
+    return {"machine": machine, "settings": bench.get("settings", {}), "rows": rows}
+
+
+def _median(spread: dict[str, Any] | None) -> float | None:
+    return None if spread is None else spread["median"]
+
+
+LEDGER_KEYS: tuple[str, ...] = (
+    "epsilon",
+    "target_epsilon",
+    "epsilon_rdp",
+    "delta",
+    "noise_multiplier",
+    "sample_rate",
+    "expected_batch_size",
+    "steps",
+    "epochs",
+    "max_grad_norm",
+    "clipping",
+    "accountant",
+    "sampling",
+    "population",
+    "rows",
+)
+
+
+def collect_privacy(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Build the privacy ledger of every bundle, with the int8 calibration source."""
+    rows = []
+    for manifest in manifests:
+        ledger = manifest.get("privacy", {})
+        calibration = ledger.get("calibration") or {}
+        rows.append(
+            {
+                "bundle": manifest["name"],
+                "model": manifest["model"]["kind"],
+                "seed": manifest["training"]["seed"],
+                "privacy": privacy_label(_epsilon(manifest)),
+                **{key: ledger.get(key) for key in LEDGER_KEYS},
+                "int8_calibration": calibration.get("source"),
+                "int8_calibration_flows": calibration.get("flows"),
+                "int8_covered_by_dp": calibration.get("covered_by_dp"),
+            }
+        )
+    return rows
+
+
+def collect_run(state: dict[str, Any] | None) -> dict[str, Any]:
+    """Build the run section: invocations and the seconds each stage took."""
+    if not state:
+        return {}
+    stage_seconds: dict[str, float] = {}
+    for stage_id, record in state.get("stages", {}).items():
+        if "seconds" in record:
+            stage = stage_id.split("/")[0]
+            stage_seconds[stage] = stage_seconds.get(stage, 0.0) + record["seconds"]
+    return {
+        "invocations": state.get("invocations", []),
+        "stage_seconds": stage_seconds,
+        "experiment": state.get("experiment"),
+    }
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of a run folder that the report reads."""
+
+    folder: Path
+    dataset: dict[str, Any]
+    state: dict[str, Any] | None
+    bench: dict[str, Any] | None
+    manifests: list[dict[str, Any]]
+    """`bundle.json` of each bundle of the grid, with `name` set."""
+
+
+def read_run(run_dir: str | Path) -> RunFiles:
+    """Read the files of a run folder.
+
+    Raises:
+        ReportError: `dataset/dataset.json` is missing or a file is not JSON.
+    """
+    run_dir = Path(run_dir)
+    dataset = read_json(run_dir / layout.DATASET / "dataset.json")
+    state_path = run_dir / layout.STATE
+    state = read_json(state_path) if state_path.is_file() else None
+    bench_path = run_dir / layout.BENCH
+    bench = read_json(bench_path) if bench_path.is_file() else None
+    manifests = read_bundles(run_dir, grid_cells((state or {}).get("experiment")))
+    return RunFiles(run_dir, dataset, state, bench, manifests)
+
+
+def collect(files: RunFiles) -> dict[str, Any]:
+    """Return the whole report of a run folder as JSON-able values."""
+    manifests = files.manifests
+    return {
+        "run": {"folder": str(files.folder.resolve()), **collect_run(files.state)},
+        "data": collect_data(files.dataset),
+        "classifier": _metric_rows(
+            manifests, "classifier", CLASSIFIER_METRICS, _classifier_value
+        ),
+        "autoencoder": _metric_rows(
+            manifests, "autoencoder", AUTOENCODER_METRICS, _autoencoder_value
+        ),
+        "efficiency": collect_efficiency(files.bench, manifests),
+        "privacy": collect_privacy(manifests),
+        "published": published.as_json(),
+    }

@@ -1,0 +1,439 @@
+"""Render the collected report (`edgedp.report.collect`) as Markdown tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from edgedp.report import published
+from edgedp.report.collect import CLASSIFIER_METRICS, privacy_label
+
+MB = 1_000_000
+"""Memory and sizes are shown in MB (10^6 bytes), the study's unit."""
+
+FORMAT_NOTES = {
+    "python": "numpy only, no model: the memory floor",
+    "torch": "torch eager, float32",
+    "fp32": "LiteRT float32",
+    "int8": "LiteRT int8, float32 input quantized per call",
+    "int8-input": "LiteRT int8, input quantized once up front",
+}
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Return a Markdown table; numbers are right-aligned."""
+    align = [
+        "---:" if rows and _is_number(rows[0][i]) else "---" for i in range(len(header))
+    ]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(align) + " |",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(value) for value in row) + " |")
+    return "\n".join(lines)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "∞"
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value).replace("|", "\\|")
+
+
+def mean_std(
+    summary: dict[str, Any] | None, mean_format: str = ".4f", std_format: str = ".4f"
+) -> str:
+    """Format a summary as `mean ± std`, or the mean alone for one seed."""
+    if summary is None:
+        return "–"
+    text = format(summary["mean"], mean_format)
+    if summary["std"] is not None:
+        text += " ± " + format(summary["std"], std_format)
+    return text
+
+
+def _run_section(report: dict[str, Any]) -> list[str]:
+    run = report["run"]
+    lines = ["## Run", ""]
+    invocations = run.get("invocations", [])
+    if invocations:
+        rows = [
+            [
+                item.get("started"),
+                item.get("status"),
+                item.get("wall_seconds"),
+                item.get("command"),
+            ]
+            for item in invocations
+        ]
+        lines += [table(["started", "status", "wall s", "command"], rows), ""]
+    seconds = run.get("stage_seconds", {})
+    if seconds:
+        lines += [
+            "Seconds per stage, summed over the grid cells that ran in parallel "
+            "worker processes (so the sum can exceed the wall time):",
+            "",
+            table(["stage", "seconds"], [[k, v] for k, v in seconds.items()]),
+            "",
+        ]
+    return lines
+
+
+def _data_section(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 1. Data",
+        "",
+        f"Feature set `{data['feature_set']}` ({data['features']} features, "
+        f"encoder {data['encoder_version']}); split "
+        f"{_split_text(data.get('split'))}"
+        + (
+            f"; at most {data['max_rows_per_file']:,} rows read per file"
+            if data.get("max_rows_per_file")
+            else ""
+        )
+        + ".",
+        "",
+    ]
+    rows = [
+        [
+            entry["file"],
+            entry["format"],
+            entry["rows_read"],
+            entry["rows_skipped"],
+            ", ".join(f"{k} {v}" for k, v in entry["skip_reasons"].items()) or None,
+            entry["duplicates_dropped"],
+        ]
+        for entry in data["inputs"]
+    ]
+    lines += [
+        table(
+            [
+                "file",
+                "format",
+                "rows read",
+                "lines skipped",
+                "why skipped",
+                "duplicates dropped",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    if data["rejected_files"]:
+        lines += ["Files set aside while scanning the input folders:", ""]
+        for entry in data["rejected_files"]:
+            if isinstance(entry, dict):
+                path = entry.get("path", "?")
+                reason = entry.get("reason") or entry.get("error") or ""
+                lines.append(f"- `{path}`: {reason}")
+            else:
+                lines.append(f"- {entry}")
+        lines.append("")
+
+    splits = data["splits"]
+    names = list(splits)
+    rows = [
+        [name, *(splits[s]["classes"].get(name, 0) for s in names)]
+        for name in data["classes"]
+    ]
+    rows.append(["all", *(splits[s]["rows"] for s in names)])
+    lines += [
+        "Flows per class and split, after repeated flows are dropped:",
+        "",
+        table(["class", *names], rows),
+        "",
+    ]
+    excluded = data["excluded_labels"]
+    lines.append(
+        f"Repeated flows dropped (same uid and ts): {data['duplicates_dropped']:,}."
+    )
+    if excluded:
+        lines.append(
+            "Flows of labels outside the classes, excluded: "
+            + ", ".join(f"{k} {v:,}" for k, v in excluded.items())
+            + "."
+        )
+    if data["dropped_classes"]:
+        lines.append(
+            "Classes dropped because a split had none of their flows: "
+            + ", ".join(data["dropped_classes"])
+            + "."
+        )
+    return [*lines, ""]
+
+
+def _split_text(split: dict[str, Any] | None) -> str:
+    if not split:
+        return "unknown"
+    fractions = ", ".join(
+        f"{name} {fraction:.0%}" for name, fraction in split["fractions"].items()
+    )
+    return f"`{split['method']}` ({fractions}, seed {split['seed']})"
+
+
+def _classifier_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## 2. Classifier",
+        "",
+        "Test split; mean ± standard deviation over seeds. Study rows are the "
+        f"published numbers ({published.SOURCE}), which do not say how their "
+        "precision, recall and F1 are averaged.",
+        "",
+    ]
+    if not rows:
+        return [*lines, "No classifier was scored.", ""]
+    study = {privacy_label(e): scores for e, scores in published.CLASSIFIER.items()}
+    header = [
+        "privacy",
+        "format",
+        "seeds",
+        "accuracy",
+        "precision (weighted)",
+        "recall (weighted)",
+        "F1 (weighted)",
+        "precision (macro)",
+        "recall (macro)",
+        "F1 (macro)",
+    ]
+    body = []
+    shown_study = set()
+    for row in rows:
+        metrics = row["metrics"]
+        body.append(
+            [
+                row["privacy"],
+                row["format"],
+                len(row["seeds"]),
+                *(mean_std(metrics.get(name)) for name in CLASSIFIER_METRICS),
+            ]
+        )
+        level = row["privacy"]
+        last_of_level = row is rows[-1] or rows[rows.index(row) + 1]["privacy"] != level
+        if last_of_level and level in study and level not in shown_study:
+            shown_study.add(level)
+            scores = study[level]
+            body.append(
+                [
+                    level,
+                    "study (Keras)",
+                    1,
+                    f"{scores['accuracy']:.2f}",
+                    f"{scores['precision']:.2f}",
+                    f"{scores['recall']:.2f}",
+                    f"{scores['f1']:.2f}",
+                    None,
+                    None,
+                    None,
+                ]
+            )
+    return [*lines, table(header, body), ""]
+
+
+def _autoencoder_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## 3. Autoencoder",
+        "",
+        "Benign against malicious test flows (malicious is positive); a flow is "
+        "flagged when its reconstruction error exceeds the threshold. "
+        f"F1 at the study's fixed {published.AUTOENCODER_THRESHOLD:g} and at "
+        "the threshold chosen on benign validation flows (stored in each "
+        f"bundle). The study: {published.AUTOENCODER_FINDING}.",
+        "",
+    ]
+    if not rows:
+        return [*lines, "No autoencoder was scored.", ""]
+    header = [
+        "privacy",
+        "format",
+        "seeds",
+        "ROC-AUC",
+        "PR-AUC",
+        f"F1 at {published.AUTOENCODER_THRESHOLD:g}",
+        "F1 at validation threshold",
+        "validation threshold",
+    ]
+    body = [
+        [
+            row["privacy"],
+            row["format"],
+            len(row["seeds"]),
+            *(
+                mean_std(row["metrics"].get(name))
+                for name in (
+                    "roc_auc",
+                    "pr_auc",
+                    "f1_study_threshold",
+                    "f1_validation_threshold",
+                )
+            ),
+            mean_std(row["metrics"].get("validation_threshold"), ".3g", ".2g"),
+        ]
+        for row in rows
+    ]
+    return [*lines, table(header, body), ""]
+
+
+def _efficiency_section(efficiency: dict[str, Any] | None) -> list[str]:
+    lines = ["## 4. Efficiency", ""]
+    if efficiency is None:
+        return [*lines, "Not measured (bench.json is missing).", ""]
+    settings = efficiency["settings"]
+    machine = efficiency["machine"]
+    flows = settings.get("flows")
+    libraries = ", ".join(
+        f"{name} {version}"
+        for name, version in machine.get("libraries", {}).items()
+        if version
+    )
+    lines += [
+        f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, "
+        f"Python {machine.get('python')}, {machine.get('platform')}; {libraries}.",
+        "",
+        f"{flows:,} test flows per measurement, each variant in fresh processes, "
+        f"median of {settings.get('repeat')} repeats, {settings.get('threads')} "
+        "thread. One bundle per model is timed "
+        f"({', '.join(settings.get('cells', []))}), because every privacy level "
+        "and seed of a model has the same architecture. Memory is the peak "
+        "resident set size of the whole process. The study's numbers are for "
+        f"{published.PI_FLOWS:,} flows on a {published.PI_DEVICE}.",
+        "",
+    ]
+
+    header = [
+        "model",
+        "format",
+        "file MB",
+        f"{flows:,} flows one at a time, s",
+        f"{flows:,} flows batched, s",
+        "peak MB (one at a time)",
+        "peak MB (with batch)",
+        "study s",
+        "study MB",
+        "study file MB",
+    ]
+    body = []
+    for row in efficiency["rows"]:
+        study = published.EFFICIENCY.get(row["model"], {}).get(row["format"], {})
+        body.append(
+            [
+                row["model"],
+                row["format"],
+                _mb(row["file_bytes"], 4),
+                _fixed(row["single_seconds"], 3),
+                _fixed(row["batch_seconds"], 4),
+                _mb(row["single_peak_rss_bytes"], 0),
+                _mb(row["peak_rss_bytes"], 0),
+                study.get("seconds"),
+                study.get("memory_mb"),
+                study.get("size_mb"),
+            ]
+        )
+
+    notes = [f"- `{name}`: {text}" for name, text in FORMAT_NOTES.items()]
+    return [*lines, table(header, body), "", "Formats:", "", *notes, ""]
+
+
+def _mb(value: int | None, digits: int) -> str | None:
+    return None if value is None else f"{value / MB:.{digits}f}"
+
+
+def _fixed(value: float | None, digits: int) -> str | None:
+    return None if value is None else f"{value:.{digits}f}"
+
+
+def _privacy_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## 5. Privacy ledger",
+        "",
+        "As each bundle's training recorded it. epsilon is the achieved value "
+        "from the accountant over the steps actually taken; ∞ means no DP. "
+        "sigma is the noise multiplier, q the Poisson sampling rate, C the "
+        "clipping norm. The int8 column names the flows that set the int8 "
+        "ranges and whether the DP guarantee still covers the int8 model.",
+        "",
+    ]
+    header = [
+        "bundle",
+        "epsilon",
+        "target",
+        "delta",
+        "sigma",
+        "q",
+        "steps",
+        "C",
+        "clipping",
+        "accountant",
+        "sampling",
+        "int8 calibration",
+        "int8 covered by DP",
+    ]
+    body = [
+        [
+            row["bundle"],
+            row["epsilon"],
+            row["target_epsilon"],
+            row["delta"],
+            row["noise_multiplier"],
+            row["sample_rate"],
+            row["steps"],
+            row["max_grad_norm"],
+            row.get("clipping"),
+            row["accountant"],
+            row["sampling"],
+            (
+                f"{row['int8_calibration']} ({row['int8_calibration_flows']:,})"
+                if row["int8_calibration"]
+                else None
+            ),
+            row["int8_covered_by_dp"],
+        ]
+        for row in rows
+    ]
+    return [*lines, table(header, body), ""]
+
+
+def _figures_section(figures: list[str]) -> list[str]:
+    lines = ["## 6. Figures", ""]
+    captions = {
+        "reconstruction_error.png": "Reconstruction error of benign and "
+        "malicious test flows",
+        "privacy_utility.png": "Privacy-utility trade-off",
+        "confusion_matrices.png": "Classifier confusion matrices",
+    }
+    for name in figures:
+        caption = captions.get(name.rsplit("/", 1)[-1], name)
+        lines += [f"![{caption}]({name})", ""]
+    return lines
+
+
+def render(report: dict[str, Any]) -> str:
+    """Return the whole report as Markdown."""
+    lines = [
+        "# edgedp study report",
+        "",
+        f"Run folder: `{report['run']['folder']}`. Every number below comes "
+        "from this folder's `bundles/*/bundle.json`, `dataset/dataset.json` "
+        "and `bench.json`, except the study's published numbers.",
+        "",
+    ]
+    lines += _run_section(report)
+    lines += _data_section(report["data"])
+    lines += _classifier_section(report["classifier"])
+    lines += _autoencoder_section(report["autoencoder"])
+    lines += _efficiency_section(report["efficiency"])
+    lines += _privacy_section(report["privacy"])
+    lines += _figures_section(report.get("figures", []))
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,118 @@
+"""Report helpers: summaries over seeds, grouping and Markdown formatting."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from edgedp.report import ReportError, write_report
+from edgedp.report.collect import (
+    CLASSIFIER_METRICS,
+    _classifier_value,
+    _metric_rows,
+    grid_cells,
+    privacy_label,
+    summarize,
+)
+from edgedp.report.markdown import mean_std, table
+
+
+def test_summarize_two_seeds():
+    summary = summarize([0.5, 0.7])
+    assert summary["mean"] == pytest.approx(0.6)
+    assert summary["std"] == pytest.approx(statistics.stdev([0.5, 0.7]))
+    assert summary["n"] == 2
+    assert summary["values"] == [0.5, 0.7]
+
+
+def test_summarize_one_seed_has_no_std():
+    summary = summarize([0.25])
+    assert summary["mean"] == 0.25
+    assert summary["std"] is None
+
+
+def test_mean_std_format():
+    assert mean_std(summarize([0.5, 0.7])) == "0.6000 ± 0.1414"
+    assert mean_std(summarize([0.5])) == "0.5000"
+    assert mean_std(None) == "–"
+
+
+def test_privacy_label():
+    assert privacy_label(None) == "no DP"
+    assert privacy_label(0.5) == "eps 0.5"
+    assert privacy_label(2.0) == "eps 2"
+
+
+def test_grid_cells_follow_experiment_order():
+    experiment = {
+        "train": {
+            "models": ["classifier"],
+            "epsilons": [None, 0.5],
+            "seeds": [0, 1],
+        }
+    }
+    assert grid_cells(experiment) == [
+        "classifier-plain-seed0",
+        "classifier-plain-seed1",
+        "classifier-eps0.5-seed0",
+        "classifier-eps0.5-seed1",
+    ]
+    assert grid_cells(None) is None
+
+
+def _manifest(name: str, epsilon: float | None, seed: int, accuracy: float) -> dict:
+    scores = {metric: accuracy for metric in CLASSIFIER_METRICS}
+    return {
+        "name": name,
+        "model": {"kind": "classifier"},
+        "training": {"epsilon": epsilon, "seed": seed},
+        "metrics": {"test": {"torch": scores}},
+    }
+
+
+def test_metric_rows_group_seeds_by_privacy():
+    manifests = [
+        _manifest("c-eps1-seed0", 1.0, 0, 0.80),
+        _manifest("c-plain-seed0", None, 0, 0.90),
+        _manifest("c-eps1-seed1", 1.0, 1, 0.84),
+        _manifest("c-plain-seed1", None, 1, 0.94),
+    ]
+    rows = _metric_rows(manifests, "classifier", ("accuracy",), _classifier_value)
+    assert [row["privacy"] for row in rows] == ["no DP", "eps 1"]
+    assert rows[0]["bundles"] == ["c-plain-seed0", "c-plain-seed1"]
+    assert rows[0]["metrics"]["accuracy"]["mean"] == pytest.approx(0.92)
+    assert rows[1]["metrics"]["accuracy"]["values"] == [0.80, 0.84]
+    assert rows[1]["seeds"] == [0, 1]
+
+
+def test_metric_rows_skip_unscored_format():
+    rows = _metric_rows(
+        [_manifest("c-plain-seed0", None, 0, 0.9)],
+        "classifier",
+        ("accuracy",),
+        _classifier_value,
+    )
+    assert [row["format"] for row in rows] == ["torch"]
+
+
+def test_table_aligns_numbers():
+    text = table(["name", "rows"], [["a|b", 1200], ["c", None]])
+    lines = text.splitlines()
+    assert lines[1] == "| --- | ---: |"
+    assert lines[2] == "| a\\|b | 1,200 |"
+    assert lines[3] == "| c | – |"
+
+
+def test_write_report_needs_dataset(tmp_path):
+    with pytest.raises(ReportError, match="dataset.json not found"):
+        write_report(tmp_path)
+
+
+def test_write_report_rejects_broken_state(tmp_path):
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "dataset.json").write_text(json.dumps({}))
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(ReportError, match="state.json is not valid JSON"):
+        write_report(tmp_path)

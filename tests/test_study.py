@@ -1,0 +1,331 @@
+"""End-to-end tests of `edgedp run --quick`, run as real subprocesses.
+
+One module-scoped fixture starts a quick run on a slice of the IoT-23
+sample logs, interrupts it with SIGINT once the first cell is trained,
+and runs the same command again to completion. The tests then check the
+resume, the report's structure and that every reported number equals the
+bundles' own `bundle.json` values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+EDGEDP = [sys.executable, "-c", "from edgedp.cli import main; main()"]
+
+# Smaller batches than the default 2048 give DP training a sampling rate of
+# about 1/16 on this slice, so noise calibration stays quick.
+QUICK_CONFIG = """
+[quick.train.classifier]
+batch_size = 256
+
+[quick.train.autoencoder]
+batch_size = 256
+
+[quick.bench]
+samples = 300
+repeats = 1
+"""
+SLICE = (
+    "zeek/CTU-IoT-Malware-Capture-34-1.conn.log.labeled.gz",
+    "zeek/CTU-IoT-Malware-Capture-42-1.conn.log.labeled",
+    "csv/CTU-IoT-Malware-Capture-44-1.labeled.csv",
+    "mixed/S12_benign-vs-Okiru.csv.gz",
+)
+RUN_TIMEOUT = 600
+
+
+def _command(config: Path, out: Path, iot23: Path) -> list[str]:
+    command = [*EDGEDP, "run", "--quick", "--config", str(config), "--out", str(out)]
+    for name in SLICE:
+        command += ["--data", str(iot23 / name)]
+    return command
+
+
+def _state(out: Path) -> dict:
+    path = out / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _trained(state: dict) -> list[str]:
+    return [stage for stage in state.get("stages", {}) if stage.startswith("train/")]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, iot23):
+    """A quick run interrupted after its first trained cell, then resumed."""
+    folder = tmp_path_factory.mktemp("study")
+    config = folder / "quick.toml"
+    config.write_text(QUICK_CONFIG)
+    out = folder / "run"
+    command = _command(config, out, iot23)
+
+    # A new session, so SIGINT reaches the workers too, as Ctrl-C would.
+    with open(folder / "first.log", "wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not _trained(_state(out)) and process.poll() is None:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("no cell was trained in time")
+            time.sleep(0.2)
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before it could be interrupted:\n{log.name}")
+        os.killpg(process.pid, signal.SIGINT)
+        interrupted_code = process.wait(timeout=120)
+    interrupted = _state(out)
+
+    resumed = subprocess.run(
+        command, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    return {
+        "out": out,
+        "config": config,
+        "command": command,
+        "interrupted_code": interrupted_code,
+        "interrupted_state": interrupted,
+        "first_log": (folder / "first.log").read_text(errors="replace"),
+        "resumed": resumed,
+    }
+
+
+def _bundles(out: Path) -> dict[str, dict]:
+    return {
+        path.name: json.loads((path / "bundle.json").read_text())
+        for path in sorted((out / "bundles").iterdir())
+        if not path.name.startswith(".")
+    }
+
+
+def test_interrupt_exits_130_and_records(quick_run):
+    assert quick_run["interrupted_code"] == 130, quick_run["first_log"]
+    invocations = quick_run["interrupted_state"]["invocations"]
+    assert invocations[0]["status"] == "interrupted"
+
+
+def test_interrupt_leaves_complete_outputs(quick_run):
+    state = quick_run["interrupted_state"]
+    out = quick_run["out"]
+    for stage in _trained(state):
+        cell = stage.split("/", 1)[1]
+        assert (out / "bundles" / cell / "model.pt").is_file()
+    assert "prepare" in state["stages"]
+
+
+def test_resume_keeps_finished_stages(quick_run):
+    before = quick_run["interrupted_state"]["stages"]
+    after = _state(quick_run["out"])["stages"]
+    assert before, "the interrupted run recorded no stage"
+    for stage, record in before.items():
+        assert after[stage] == record, stage
+
+
+def test_resume_finishes_every_cell(quick_run):
+    state = _state(quick_run["out"])
+    cells = ["classifier", "autoencoder"]
+    expected = {
+        f"{stage}/{model}-{level}-seed0"
+        for stage in ("train", "optimize", "evaluate")
+        for model in cells
+        for level in ("plain", "eps1")
+    }
+    assert expected <= set(state["stages"])
+    assert "bench" in state["stages"]
+    assert state["invocations"][-1]["status"] == "finished"
+
+
+def test_report_structure(quick_run):
+    out = quick_run["out"]
+    markdown = (out / "report.md").read_text()
+    for heading in (
+        "## 1. Data",
+        "## 2. Classifier",
+        "## 3. Autoencoder",
+        "## 4. Efficiency",
+        "## 5. Privacy ledger",
+        "## 6. Figures",
+    ):
+        assert heading in markdown
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) >= {
+        "run",
+        "data",
+        "classifier",
+        "autoencoder",
+        "efficiency",
+        "privacy",
+        "published",
+        "figures",
+    }
+    assert len(report["figures"]) == 3
+    for name in report["figures"]:
+        content = (out / name).read_bytes()
+        assert content.startswith(b"\x89PNG"), name
+        assert f"]({name})" in markdown
+
+
+def test_report_classifier_matches_bundles(quick_run):
+    out = quick_run["out"]
+    report = json.loads((out / "report.json").read_text())
+    bundles = _bundles(out)
+    rows = report["classifier"]
+    assert {(row["privacy"], row["format"]) for row in rows} == {
+        (level, model_format)
+        for level in ("no DP", "eps 1")
+        for model_format in ("torch", "fp32", "int8")
+    }
+    for row in rows:
+        for metric, summary in row["metrics"].items():
+            expected = [
+                bundles[name]["metrics"]["test"][row["format"]][metric]
+                for name in row["bundles"]
+            ]
+            assert summary["values"] == expected, (row["privacy"], metric)
+            assert summary["mean"] == pytest.approx(sum(expected) / len(expected))
+            assert summary["std"] is None
+
+
+def test_report_autoencoder_matches_bundles(quick_run):
+    out = quick_run["out"]
+    report = json.loads((out / "report.json").read_text())
+    bundles = _bundles(out)
+    rows = report["autoencoder"]
+    assert len(rows) == 6
+    for row in rows:
+        (name,) = row["bundles"]
+        scores = bundles[name]["metrics"]["test"][row["format"]]
+        metrics = row["metrics"]
+        assert metrics["roc_auc"]["values"] == [scores["roc_auc"]]
+        assert metrics["pr_auc"]["values"] == [scores["pr_auc"]]
+        thresholds = scores["thresholds"]
+        assert metrics["f1_study_threshold"]["values"] == [thresholds["study"]["f1"]]
+        assert thresholds["study"]["threshold"] == 0.16
+        assert metrics["f1_validation_threshold"]["values"] == [
+            thresholds["validation_fpr"]["f1"]
+        ]
+
+
+def test_report_markdown_quotes_json(quick_run):
+    out = quick_run["out"]
+    report = json.loads((out / "report.json").read_text())
+    markdown = (out / "report.md").read_text()
+    for row in report["classifier"]:
+        assert f"{row['metrics']['accuracy']['mean']:.4f}" in markdown
+    for row in report["autoencoder"]:
+        assert f"{row['metrics']['roc_auc']['mean']:.4f}" in markdown
+
+
+def test_report_privacy_and_data_match(quick_run):
+    out = quick_run["out"]
+    report = json.loads((out / "report.json").read_text())
+    bundles = _bundles(out)
+    ledger = {row["bundle"]: row for row in report["privacy"]}
+    assert set(ledger) == set(bundles)
+    for name, manifest in bundles.items():
+        privacy = manifest["privacy"]
+        assert ledger[name]["epsilon"] == privacy["epsilon"]
+        assert ledger[name]["noise_multiplier"] == privacy["noise_multiplier"]
+        assert ledger[name]["steps"] == privacy["steps"]
+        assert ledger[name]["int8_calibration"] == privacy["calibration"]["source"]
+        if "eps1" in name:
+            assert privacy["epsilon"] <= 1.0 + 1e-6
+        else:
+            assert math.isinf(ledger[name]["epsilon"])
+
+    dataset = json.loads((out / "dataset" / "dataset.json").read_text())
+    assert report["data"]["splits"] == dataset["splits"]
+    rows_read = {
+        entry["file"]: entry["rows_read"] for entry in report["data"]["inputs"]
+    }
+    assert rows_read == {Path(name).name: 2000 for name in SLICE} | {
+        "CTU-IoT-Malware-Capture-44-1.labeled.csv": 237
+    }
+
+
+def test_report_efficiency_matches_bench(quick_run):
+    out = quick_run["out"]
+    report = json.loads((out / "report.json").read_text())
+    bench = json.loads((out / "bench.json").read_text())
+    rows = report["efficiency"]["rows"]
+    assert {row["model"] for row in rows} == {"classifier", "autoencoder"}
+    for measured in bench["bundles"]:
+        for variant, values in measured["variants"].items():
+            (row,) = [
+                r
+                for r in rows
+                if r["model"] == measured["kind"] and r["format"] == variant
+            ]
+            assert row["file_bytes"] == values["file_bytes"]
+            assert row["peak_rss_bytes"] == values["peak_rss_bytes"]["median"]
+    assert report["efficiency"]["machine"]["cores"] >= 1
+
+
+def test_rerun_skips_everything(quick_run):
+    out = quick_run["out"]
+    before = _state(out)["stages"]
+    result = subprocess.run(
+        quick_run["command"],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "0 stages ran" in result.stderr
+    assert _state(out)["stages"] == before
+
+
+def test_report_command_rebuilds_report(quick_run):
+    out = quick_run["out"]
+    before = json.loads((out / "report.json").read_text())
+    (out / "report.md").unlink()
+    result = subprocess.run(
+        [*EDGEDP, "report", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (out / "report.md").is_file()
+    assert json.loads((out / "report.json").read_text()) == before
+
+
+def test_changed_bench_setting_redoes_bench_only(quick_run):
+    out = quick_run["out"]
+    before = _state(out)["stages"]
+    config = quick_run["config"]
+    changed = config.with_name("changed.toml")
+    changed.write_text(config.read_text().replace("samples = 300", "samples = 200"))
+    command = [
+        changed if part == str(config) else part for part in quick_run["command"]
+    ]
+    result = subprocess.run(
+        [str(part) for part in command],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    after = _state(out)["stages"]
+    assert after["bench"] != before["bench"]
+    for stage, record in before.items():
+        if stage != "bench":
+            assert after[stage] == record, stage
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["settings"]["flows"] == 200
