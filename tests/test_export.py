@@ -17,6 +17,7 @@ from edgedp.bundle import (
     INT8_MODEL,
     MANIFEST_NAME,
     TORCH_WEIGHTS,
+    Bundle,
     BundleError,
     load_bundle,
     sha256_file,
@@ -29,6 +30,7 @@ from edgedp.export import (
     calibration_features,
     optimize_bundle,
     quantize_int8,
+    resolve_calibration,
     synthetic_features,
 )
 from edgedp.features import feature_names
@@ -75,10 +77,12 @@ def test_calibration_in_privacy_ledger(bundles):
     manifest = _manifest(bundles.classifier.root)
     recorded = manifest["privacy"]["calibration"]
 
-    assert "epsilon" in manifest["privacy"]
-    assert recorded["source"] == "synthetic"
+    # The fixture's bundles are trained without DP, so `auto` chose the
+    # validation flows.
+    assert manifest["privacy"]["private"] is False
+    assert recorded["source"] == "validation"
     assert recorded["flows"] == 1000
-    assert recorded["covered_by_dp"] is True
+    assert recorded["covered_by_dp"] is False
     assert manifest["formats"]["int8"]["calibration"]["size"] == 1000
 
 
@@ -122,18 +126,18 @@ def test_no_temporary_files_left(bundles):
         assert names - listed == {MANIFEST_NAME}
 
 
-def test_cli_validation_then_skip_then_force(bundles, caplog):
-    path = bundles.copy(bundles.classifier, "validation")
+def test_cli_synthetic_then_skip_then_force(bundles, caplog):
+    path = bundles.copy(bundles.classifier, "synthetic")
 
     result = CliRunner().invoke(
-        app, ["optimize", str(path), "--calibration", "validation"]
+        app, ["optimize", str(path), "--calibration", "synthetic"]
     )
 
     assert result.exit_code == 0, result.output
-    assert "DP guarantee NOT covered" in _plain(result.output)
+    assert "DP guarantee covered" in _plain(result.output)
     manifest = _manifest(path)
-    assert manifest["privacy"]["calibration"]["source"] == "validation"
-    assert manifest["privacy"]["calibration"]["covered_by_dp"] is False
+    assert manifest["privacy"]["calibration"]["source"] == "synthetic"
+    assert manifest["privacy"]["calibration"]["covered_by_dp"] is True
     assert (
         abs(
             manifest["formats"]["int8"]["validation"]["accuracy"]
@@ -144,11 +148,11 @@ def test_cli_validation_then_skip_then_force(bundles, caplog):
 
     int8_time = os.stat(path / INT8_MODEL).st_mtime_ns
     with caplog.at_level("INFO", logger="edgedp.export"):
-        optimize_bundle(path, calibration="validation")
+        optimize_bundle(path, calibration="synthetic")
     assert "up to date" in caplog.text
     assert os.stat(path / INT8_MODEL).st_mtime_ns == int8_time
 
-    optimize_bundle(path, calibration="validation", force=True)
+    optimize_bundle(path, calibration="synthetic", force=True)
     assert os.stat(path / INT8_MODEL).st_mtime_ns != int8_time
     load_bundle(path)
 
@@ -223,7 +227,9 @@ def test_cli_rejects_unknown_source(tmp_path):
     )
 
     assert result.exit_code == 2
-    assert "'test' is not one of validation, train, synthetic" in _plain(result.output)
+    assert "'test' is not one of auto, validation, train, synthetic" in _plain(
+        result.output
+    )
 
 
 def test_calibration_sources_sample_their_split(bundles):
@@ -240,6 +246,22 @@ def test_calibration_sources_sample_their_split(bundles):
     assert drawn.shape == (50, 109)
     assert {row.tobytes() for row in drawn} <= {row.tobytes() for row in validation}
     assert len(everything) == len(validation)
+
+
+@pytest.mark.parametrize(
+    ("privacy", "expected"),
+    [
+        ({"private": True, "epsilon": 1.0}, "synthetic"),
+        ({"private": False, "epsilon": float("inf")}, "validation"),
+        (None, "synthetic"),
+    ],
+)
+def test_auto_calibration_follows_ledger(tmp_path, privacy, expected):
+    manifest = {} if privacy is None else {"privacy": privacy}
+    bundle = Bundle(root=tmp_path, manifest=manifest)
+
+    assert resolve_calibration(bundle, "auto") == expected
+    assert resolve_calibration(bundle, "train") == "train"
 
 
 def test_dp_coverage_per_source():

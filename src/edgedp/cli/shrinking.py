@@ -12,6 +12,7 @@ from edgedp.bench import DEFAULT_REPEAT, VARIANTS
 from edgedp.cli import app, console
 from edgedp.config import STUDY_BENCH_FLOWS
 from edgedp.export import (
+    AUTO_CALIBRATION,
     CALIBRATION_SOURCES,
     DEFAULT_CALIBRATION,
     DEFAULT_CALIBRATION_SIZE,
@@ -41,9 +42,10 @@ def optimize(
             help="Flows that set the int8 activation ranges: `synthetic` "
             "(drawn from the feature encoder's fixed vocabularies; reads no "
             "data, so the DP guarantee still covers the int8 model), "
-            "`validation` (validation-split flows) or `train` (training "
-            "flows; the DP guarantee then no longer covers the int8 model). "
-            "See docs/shrinking.md."
+            "`validation` (validation-split flows), `train` (training flows; "
+            "the DP guarantee then no longer covers the int8 model), or "
+            "`auto`: synthetic for a DP-trained bundle, validation for a "
+            "non-private one. See docs/shrinking.md."
         ),
     ] = DEFAULT_CALIBRATION,
     calibration_size: Annotated[
@@ -58,9 +60,10 @@ def optimize(
     from edgedp.dataset import DatasetError
     from edgedp.export import optimize_bundle
 
-    if calibration not in CALIBRATION_SOURCES:
+    choices = [AUTO_CALIBRATION, *CALIBRATION_SOURCES]
+    if calibration not in choices:
         raise typer.BadParameter(
-            f"{calibration!r} is not one of {', '.join(CALIBRATION_SOURCES)}",
+            f"{calibration!r} is not one of {', '.join(choices)}",
             param_hint="--calibration",
         )
     try:
