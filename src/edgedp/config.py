@@ -59,8 +59,9 @@ SPLIT_METHOD = "random"
 BATCH_SIZE = 2048
 
 # Flows that calibrate the int8 ranges, and where they come from
-# (`validation`, `train` or `synthetic`).
-CALIBRATION_SOURCE = "validation"
+# (`validation`, `train`, `synthetic`, or `auto`: synthetic for DP-trained
+# bundles, validation for non-private ones; see docs/shrinking.md).
+CALIBRATION_SOURCE = "auto"
 CALIBRATION_SIZE = 1000
 
 # Timed repeats per format in `edgedp bench`. The report gives their median.

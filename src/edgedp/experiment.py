@@ -42,7 +42,7 @@ STAGES: tuple[str, ...] = ("data", "prepare", "train", "optimize", "bench")
 MODELS: tuple[str, ...] = ("classifier", "autoencoder")
 FEATURE_SETS: tuple[str, ...] = ("paper", "extended")
 SPLIT_METHODS: tuple[str, ...] = ("random", "capture")
-CALIBRATION_SOURCES: tuple[str, ...] = ("validation", "train", "synthetic")
+CALIBRATION_SOURCES: tuple[str, ...] = ("auto", "validation", "train", "synthetic")
 
 # Spelling of the non-private baseline in the `epsilons` list of an experiment
 # file, because TOML has no null value.
