@@ -138,7 +138,8 @@ def draw_reconstruction_error(manifests: list[dict[str, Any]], path: Path) -> bo
         axis.legend(fontsize=7, loc="upper left")
     axes[0][0].set_ylabel("fraction of test flows")
     figure.suptitle(
-        f"Autoencoder reconstruction error on the test split ({ERROR_FORMAT})"
+        f"Autoencoder reconstruction error on the test split ({ERROR_FORMAT})",
+        y=1.04,
     )
     _save(figure, path)
     plt.close(figure)
@@ -219,7 +220,7 @@ def draw_privacy_utility(report: dict[str, Any], path: Path) -> bool:
             axis.set_title("Autoencoder")
         axis.legend(fontsize=7)
 
-    figure.suptitle("Privacy-utility trade-off over seeds")
+    figure.suptitle("Privacy-utility trade-off over seeds", y=1.02)
     _save(figure, path)
     plt.close(figure)
     return True
