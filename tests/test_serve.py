@@ -427,8 +427,13 @@ def test_unknown_encoder_rejected(gateway_bundles, iot23, tmp_path):
 
 
 def test_follow_folder_rejected(gateway_bundles, iot23):
-    result = _serve_cli(
-        [str(gateway_bundles["classifier"]), "--input", str(iot23 / "zeek"), "-f"]
+    # `-v` before the command goes through Typer, which forwards to serve.
+    result = subprocess.run(
+        [*EDGEDP, "-v", "serve", str(gateway_bundles["classifier"])]
+        + ["--input", str(iot23 / "zeek"), "-f"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
     assert result.returncode == 2

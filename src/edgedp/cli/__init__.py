@@ -42,6 +42,13 @@ def _configure(
 
 def main() -> None:
     """Run the `edgedp` command line."""
+    if sys.argv[1:2] == ["serve"]:
+        # The gateway command skips Typer, whose pydantic option validators
+        # cost about 15 MB of memory (see edgedp.cli.gateway).
+        from edgedp.cli.gateway import run_serve
+
+        sys.exit(run_serve(sys.argv[2:]))
+
     from edgedp.cli import data, gateway, shrinking, study, training  # noqa: F401
 
     try:

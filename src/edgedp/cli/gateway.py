@@ -1,34 +1,168 @@
 """The gateway command: `serve`.
 
-It imports only the gateway runtime (`edgedp.edge`), which needs numpy and
-ai-edge-litert, so it works with the base install on a Raspberry Pi.
+`serve` parses its options with argparse, not Typer. Typer 0.29 builds a
+pydantic validator for every option, and importing pydantic and building
+them adds about 15 MB of resident memory, a quarter of the 60 MB that the
+gateway runtime is meant to fit in. `edgedp.cli.main` therefore hands
+`edgedp serve ...` to `run_serve` before Typer parses anything; the Typer
+command below only lists `serve` in `edgedp --help` and forwards to the
+same parser when Typer is reached (for example `edgedp -v serve ...`).
+
+The command imports only the gateway runtime (`edgedp.edge`), which needs
+numpy and ai-edge-litert, so it works with the base install on a Raspberry
+Pi.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from edgedp.cli import app, console
+from edgedp.cli import app
+
+_DESCRIPTION = (
+    "Classify the flows of a Zeek conn.log with a bundle and write one JSON "
+    "line per alert. Exits 0 when the input ends or on SIGTERM/SIGINT (pending "
+    "flows are classified first), 1 when the alert output closes, 2 on invalid "
+    "options or a bundle that fails verification."
+)
 
 
-def _plain_logging_for_services() -> None:
-    """Log one plain line per message when stderr is not a terminal.
+def _nonnegative(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return number
 
-    Rich wraps long messages to the console width, which splits one log
-    record over several journal lines under systemd.
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return number
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of `edgedp serve`'s arguments."""
+    parser = argparse.ArgumentParser(prog="edgedp serve", description=_DESCRIPTION)
+    parser.add_argument(
+        "bundle", type=Path, help="bundle folder, completed by `edgedp optimize`"
+    )
+    parser.add_argument(
+        "--input",
+        "-i",
+        required=True,
+        help="Zeek conn.log file, folder of rotated conn logs (read in path "
+        "order), or - for stdin",
+    )
+    parser.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep reading the log file like `tail -F`, across rotation and "
+        "truncation, until SIGTERM or SIGINT",
+    )
+    parser.add_argument(
+        "--from-end",
+        action="store_true",
+        help="with --follow, skip the flows already in the file (its header "
+        "is still read)",
+    )
+    parser.add_argument(
+        "--format",
+        dest="log_format",
+        choices=("auto", "tsv", "json"),
+        default="auto",
+        help="log format; auto decides per file from its first line "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        dest="model_format",
+        choices=("int8", "fp32"),
+        default="int8",
+        help="LiteRT model of the bundle to run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--alerts",
+        "-o",
+        default="-",
+        help="file to append alert JSON lines to, or - for stdout "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--all",
+        dest="all_flows",
+        action="store_true",
+        help="write a JSON line for every flow, not only alerts",
+    )
+    parser.add_argument(
+        "--batch",
+        type=_count,
+        default=1024,
+        help="maximum flows per model invoke (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-delay",
+        type=_nonnegative,
+        default=10.0,
+        metavar="MS",
+        help="milliseconds a flow may wait for its batch to fill "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threshold",
+        help="autoencoder anomaly threshold: a number, or a name recorded in "
+        "the bundle (validation_fpr, study); default: validation_fpr if "
+        "recorded, else study",
+    )
+    parser.add_argument(
+        "--stats-interval",
+        type=_positive,
+        default=60.0,
+        metavar="S",
+        help="seconds between statistics log lines (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-line-bytes",
+        type=_count,
+        default=65536,
+        help="longer lines are skipped and counted (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=_positive,
+        default=10.0,
+        metavar="MS",
+        help="milliseconds between checks of a followed file at its end "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="log debug messages"
+    )
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Log one plain line per message, with a timestamp.
+
+    A handler that `edgedp -v` set up is replaced, because Rich wraps long
+    messages to the console width, which splits one record over several
+    journal lines under systemd.
     """
-    if sys.stderr.isatty():
-        return
     root = logging.getLogger()
-    level = root.level
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    level = logging.DEBUG if verbose or root.level == logging.DEBUG else logging.INFO
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(message)s",
@@ -37,133 +171,45 @@ def _plain_logging_for_services() -> None:
     )
 
 
-@app.command()
-def serve(
-    bundle: Annotated[
-        Path, typer.Argument(help="Bundle folder, made by `edgedp optimize`.")
-    ],
-    source: Annotated[
-        str,
-        typer.Option(
-            "--input",
-            "-i",
-            help="Zeek conn.log file, folder of rotated conn logs (read in path "
-            "order), or - for stdin.",
-        ),
-    ],
-    follow: Annotated[
-        bool,
-        typer.Option(
-            "--follow",
-            "-f",
-            help="Keep reading the log file like `tail -F`, across rotation and "
-            "truncation, until SIGTERM or SIGINT.",
-        ),
-    ] = False,
-    from_end: Annotated[
-        bool,
-        typer.Option(
-            "--from-end",
-            help="With --follow, skip the flows already in the file (its header "
-            "is still read).",
-        ),
-    ] = False,
-    log_format: Annotated[
-        str,
-        typer.Option(
-            "--format", help="Log format: auto (per file), tsv (Zeek ASCII) or json."
-        ),
-    ] = "auto",
-    model_format: Annotated[
-        str, typer.Option("--model", help="Model to run: int8 or fp32.")
-    ] = "int8",
-    alerts: Annotated[
-        str,
-        typer.Option(
-            "--alerts",
-            "-o",
-            help="File to append alert JSON lines to, or - for stdout.",
-        ),
-    ] = "-",
-    all_flows: Annotated[
-        bool,
-        typer.Option(
-            "--all", help="Write a JSON line for every flow, not only alerts."
-        ),
-    ] = False,
-    batch: Annotated[
-        int, typer.Option("--batch", min=1, help="Most flows per model invoke.")
-    ] = 1024,
-    max_delay: Annotated[
-        float,
-        typer.Option(
-            "--max-delay",
-            min=0.0,
-            help="Milliseconds a flow may wait for its batch to fill.",
-        ),
-    ] = 20.0,
-    threshold: Annotated[
-        str | None,
-        typer.Option(
-            "--threshold",
-            help="Autoencoder anomaly threshold: a number, or a name recorded in "
-            "the bundle (validation_fpr, study). Default: validation_fpr if "
-            "recorded, else study.",
-        ),
-    ] = None,
-    stats_interval: Annotated[
-        float,
-        typer.Option(
-            "--stats-interval", min=0.1, help="Seconds between statistics log lines."
-        ),
-    ] = 60.0,
-    max_line_bytes: Annotated[
-        int,
-        typer.Option(
-            "--max-line-bytes", min=1, help="Longer lines are skipped and counted."
-        ),
-    ] = 65536,
-    poll_interval: Annotated[
-        float,
-        typer.Option(
-            "--poll-interval",
-            min=0.1,
-            help="Milliseconds between checks of a followed file at its end.",
-        ),
-    ] = 10.0,
-) -> None:
-    """Classify flows of a Zeek conn.log with a bundle and write alerts.
+def run_serve(argv: list[str]) -> int:
+    """Run `edgedp serve` with its command line arguments; return the exit status."""
+    arguments = build_parser().parse_args(argv)
+    _configure_logging(arguments.verbose)
 
-    Exits 0 when the input ends or on SIGTERM/SIGINT (pending flows are
-    classified first), 1 when the alert output closes, 2 on bad settings or
-    a bundle that fails verification.
-    """
     from edgedp.bundle import BundleError
     from edgedp.edge.serve import Gateway, ServeSettings
 
-    _plain_logging_for_services()
     try:
         settings = ServeSettings(
-            bundle=bundle,
-            input=source,
-            follow=follow,
-            from_end=from_end,
-            log_format=log_format,
-            model_format=model_format,
-            alerts=alerts,
-            all_flows=all_flows,
-            batch=batch,
-            max_delay=max_delay / 1000.0,
-            threshold=threshold,
-            stats_interval=stats_interval,
-            max_line_bytes=max_line_bytes,
-            poll_interval=poll_interval / 1000.0,
+            bundle=arguments.bundle,
+            input=arguments.input,
+            follow=arguments.follow,
+            from_end=arguments.from_end,
+            log_format=arguments.log_format,
+            model_format=arguments.model_format,
+            alerts=arguments.alerts,
+            all_flows=arguments.all_flows,
+            batch=arguments.batch,
+            max_delay=arguments.max_delay / 1000.0,
+            threshold=arguments.threshold,
+            stats_interval=arguments.stats_interval,
+            max_line_bytes=arguments.max_line_bytes,
+            poll_interval=arguments.poll_interval / 1000.0,
         )
         gateway = Gateway(settings)
     except (BundleError, FileNotFoundError, ValueError) as error:
-        console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
-        raise typer.Exit(2) from error
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     totals = gateway.run()
-    if totals["events"].get("alert_output_closed"):
-        raise typer.Exit(1)
+    return 1 if totals["events"].get("alert_output_closed") else 0
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+    help="Classify the flows of a Zeek conn.log with a bundle and write alerts "
+    "(options: edgedp serve --help).",
+)
+def serve(context: typer.Context) -> None:
+    raise typer.Exit(run_serve(list(context.args)))

@@ -30,8 +30,9 @@ from typing import BinaryIO, Protocol
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 1 << 18
-"""Bytes requested per read call: 256 KiB."""
+READ_SIZE = 1 << 16
+"""Bytes requested per read call: 64 KiB, which keeps the parsed lists of
+one chunk to a few MB on the gateway."""
 
 DEFAULT_MAX_LINE_BYTES = 1 << 16
 """Longest accepted line, newline excluded. Zeek conn.log lines are a few
@@ -45,7 +46,7 @@ DEFAULT_POLL_INTERVAL = 0.01
 class Chunk:
     """Complete lines from one read of one file.
 
-    `lines` holds each line without its `\\n`. A `\\r` before it is kept, so
+    `lines` contains each line without its `\\n`. A `\\r` before it is kept, so
     the parser sees CRLF logs as they are. An overlong line is `None` in
     place of its bytes, so line numbers stay right and the parser can count
     it.
@@ -82,7 +83,7 @@ class LineSplitter:
     """Split a byte stream into lines, holding a partial last line back.
 
     A line longer than `max_line_bytes` is reported once as `None` and its
-    bytes are dropped up to the next newline, so a runaway line never holds
+    bytes are dropped up to the next newline, so a runaway line never keeps
     more than `max_line_bytes` in memory.
     """
 
@@ -185,7 +186,7 @@ class FileSource(_SplitterSource):
     - a missing file: the source waits for `path` to appear.
 
     NOTE: a file truncated and then refilled beyond the old read position
-    between two polls cannot be told apart from a file that only grew, so
+    between two polls cannot be distinguished from a file that only grew, so
     the lines before the old position are missed. `tail -F` shares this
     limit. Zeek itself never truncates its logs.
 

@@ -90,7 +90,7 @@ class FlowColumns:
     Attributes:
         columns: field name to a float64 array (numeric fields, NaN when
             unset) or a list of str and None (string fields, where the
-            values in `MISSING_MARKERS` also mean unset). `ts` holds the
+            values in `MISSING_MARKERS` also mean unset). `ts` keeps the
             logged value; read it with `flow_time`.
         sources: per flow, the file it came from.
         lines: per flow, its 1-based line number in that file.
@@ -254,7 +254,7 @@ class LineParser:
     def _data_runs(self, chunk: Chunk) -> Iterator[tuple[str, np.ndarray]]:
         """Yield runs of data lines as (text, line numbers).
 
-        Each text holds its lines joined by `\\n`. Directive lines between
+        Each text contains its lines joined by `\\n`. Directive lines between
         runs are applied to the header; blank, overlong and non-UTF-8 lines
         are dropped (the last two reported).
         """
@@ -352,7 +352,7 @@ class LineParser:
             )
             return None
         positions = tuple(names.index(name) for name in self.fields)
-        # With the IoT-23 quirk the last separator part holds several fields.
+        # With the IoT-23 quirk the last separator part contains several fields.
         # Lines are split on the separator alone unless a needed field is in
         # that part, which saves a pass over the text.
         joined = header.label_quirk and max(positions) >= parts - 1
@@ -537,7 +537,7 @@ def _split_columns(
     """Split `rows` lines into the requested columns with one `str.split`.
 
     Splitting the whole text on the separator leaves each newline inside
-    one element, which holds the last field of a line and the first field
+    one element, which contains the last field of a line and the first field
     of the next ("last\\nfirst"). With p parts per line, part j of line k
     is element k * (p - 1) + j, so a column is one slice. The first field
     keeps the previous line's end before its newline, which `flow_time`
@@ -545,7 +545,7 @@ def _split_columns(
 
     Returns None when some line has another number of parts, which is the
     case unless the list has the right length and every joining element
-    holds exactly one newline.
+    contains exactly one newline.
     """
     parts = layout.parts
     if parts < 2:

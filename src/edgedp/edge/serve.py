@@ -1,11 +1,11 @@
 """The gateway runtime behind `edgedp serve`: conn.log lines in, alerts out.
 
-`Gateway.run` reads lines from a `LineSource`, parses them into flow columns,
-gathers them into micro-batches, encodes each batch with the fixed feature
-encoder, scores it with the bundle's LiteRT model and writes one JSON line
-per flagged flow (or per flow with `all_flows`).
+`Gateway.run` reads lines from a `LineSource` and parses them into flow
+columns, which it gathers into micro-batches. It encodes each batch with the
+fixed feature encoder, scores it with the bundle's LiteRT model and writes
+one JSON line per flagged flow (or per flow with `all_flows`).
 
-A batch is classified as soon as it holds `batch` flows, when its oldest flow
+A batch is classified as soon as it has `batch` flows, when its oldest flow
 has waited `max_delay` seconds since it was read, or when the input ends.
 SIGTERM and SIGINT stop reading, classify the pending flows and return, so
 no flow already read is lost. SIGHUP reopens the alert file.
@@ -85,7 +85,7 @@ class ServeSettings:
         model_format: `int8` or `fp32`.
         alerts: the alert file (appended to), or `-` / None for stdout.
         all_flows: write a line for every flow, not only alerts.
-        batch: most flows per model invoke.
+        batch: maximum flows per model invoke.
         max_delay: seconds a flow may wait for its batch to fill.
         threshold: autoencoder threshold: a name recorded in the bundle or a
             number; None picks the bundle's default (see `VerdictRule`).
@@ -103,7 +103,7 @@ class ServeSettings:
     alerts: str | None = None
     all_flows: bool = False
     batch: int = 1024
-    max_delay: float = 0.02
+    max_delay: float = 0.01
     threshold: str | float | None = None
     stats_interval: float = 60.0
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
@@ -210,6 +210,7 @@ class Gateway:
         self.runner: Runner = load_runner(
             self.bundle, settings.model_format, max_batch=settings.batch
         )
+
         self.stats = ServeStats(interval=settings.stats_interval)
         self.warnings = RateLimitedWarnings(interval=settings.stats_interval)
         self.parser = LineParser(
@@ -224,6 +225,7 @@ class Gateway:
             for field in encoder.input_fields(self.feature_set)
             if field in self.parser.string_fields
         ]
+
         self.source = open_source(settings, self._source_event)
         self.writer = AlertWriter(
             settings.alerts,
@@ -233,6 +235,7 @@ class Gateway:
             threshold=self.rule.threshold,
             all_flows=settings.all_flows,
         )
+
         self._stop = False
         self._reopen = False
         self._unknown_seen: set[tuple[str, str]] = set()

@@ -122,7 +122,7 @@ class ServeStats:
         self._window_bad = 0
 
     def add_batch(self, flows: int, alerts: int, latencies: np.ndarray) -> None:
-        """Count a classified batch; `latencies` holds one value (s) per flow."""
+        """Count a classified batch; `latencies` has one value (s) per flow."""
         self.flows += flows
         self.alerts += alerts
         self.batches += 1
