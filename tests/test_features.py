@@ -91,6 +91,18 @@ def test_column_major_path_matches_lists(records, feature_set):
     np.testing.assert_array_equal(prepared, gateway)
 
 
+def test_column_major_path_all_null_strings(records):
+    frame = records.head(50).with_columns(
+        pl.lit(None, dtype=pl.String).alias(name) for name in ("service", "history")
+    )
+    lists = {name: frame[name].to_list() for name in features.input_fields()}
+
+    np.testing.assert_array_equal(
+        encode_frame(frame, "extended"), features.encode(lists)
+    )
+    assert encode_frame(frame.head(0), "extended").shape == (0, 109)
+
+
 def _edge_columns(flows):
     """Columns that reach every branch: NaN, inf, negatives, unknown values."""
     rng = np.random.default_rng(7)

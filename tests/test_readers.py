@@ -428,6 +428,21 @@ def test_error_in_later_block_reaches_caller(tmp_path, honeypot_lines):
     assert report.rows_read == len(data)
 
 
+def test_hash_inside_field_is_data(tmp_path, honeypot_lines):
+    header, data = honeypot_lines[:8], honeypot_lines[8:20]
+    fields = data[4].split(b"\t")
+    fields[7] = b"x#y"
+    changed = [*data[:4], b"\t".join(fields), *data[5:]]
+    path = tmp_path / "hash.conn.log"
+    path.write_bytes(b"\n".join(header + changed) + b"\n")
+
+    report, frame = read(path)
+
+    assert report.skipped.total == 0
+    assert frame.height == len(changed)
+    assert frame["service"][4] == "x#y"
+
+
 def test_header_blocks_crlf_and_no_close(tmp_path, honeypot_lines, iot23):
     header, data = honeypot_lines[:8], honeypot_lines[8:-2]
     close = [honeypot_lines[-2]]

@@ -97,12 +97,28 @@ def _zeek_segments(
             end = chunk.find(b"\n", position) + 1 or len(chunk)
             is_directive = True
         else:
-            end = chunk.find(b"\n#", position) + 1 or len(chunk)
+            end = _next_directive(chunk, position)
             is_directive = False
         count = chunk.count(b"\n", position, end)
         yield line, chunk[position:end], count, is_directive
         line += count
         position = end
+
+
+def _next_directive(chunk: bytes, position: int) -> int:
+    """Return the offset of the next line after `position` that starts with `#`.
+
+    Returns the chunk's length when there is none. Searching for the byte
+    `#` (memchr) and checking the byte before it is faster than searching
+    for the two-byte string.
+    """
+    while True:
+        found = chunk.find(b"#", position + 1)
+        if found < 0:
+            return len(chunk)
+        if chunk[found - 1] == ord("\n"):
+            return found
+        position = found
 
 
 def _check_zeek_header(path: Path, line: int, header: zeek.Header) -> None:
@@ -208,7 +224,13 @@ def _parse_clean(
         if frame is None:
             return None
     lines_column = pl.int_range(first_line, first_line + lines, eager=True)
-    return records.clean_records(frame, lines_column, header, fields=fields)
+    return records.clean_records(
+        frame,
+        lines_column,
+        header,
+        fields=fields,
+        labels_normalized=merged and set(zeek.LABEL_FIELDS) <= set(names[-3:]),
+    )
 
 
 def _read_typed(
@@ -286,7 +308,8 @@ def _split_tail(
 
     The column contains few distinct values (labels), so each is split once
     and the rows pick their parts by dictionary code. A part that is a
-    missing marker becomes null.
+    missing marker becomes null, and label fields are normalised here
+    (`zeek.normalize_label`), once per distinct value.
     """
     column = frame.get_column(_TAIL)
     if column.null_count():
@@ -297,17 +320,14 @@ def _split_tail(
         return None
     markers = (header.unset_field, header.empty_field, "")
     codes = column.cast(pl.Enum(distinct)).to_physical()
-    columns = [
-        pl.Series(
-            name,
-            [
-                None if split[position] in markers else split[position]
-                for split in parts
-            ],
-            dtype=pl.String,
-        ).gather(codes)
-        for position, name in enumerate(tail)
-    ]
+    columns = []
+    for position, name in enumerate(tail):
+        values = [
+            None if split[position] in markers else split[position] for split in parts
+        ]
+        if name in zeek.LABEL_FIELDS:
+            values = [zeek.normalize_label(value) for value in values]
+        columns.append(pl.Series(name, values, dtype=pl.String).gather(codes))
     return frame.drop(_TAIL).with_columns(columns)
 
 

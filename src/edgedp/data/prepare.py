@@ -284,28 +284,32 @@ class EncodeBuffer:
 def encoder_columns(frame: pl.DataFrame, feature_set: str) -> dict[str, Any]:
     """Return the columns `features.encode` reads, taken from a record frame.
 
-    String columns are dictionary-encoded in Polars, so the encoder maps
-    each distinct value once instead of every row.
+    String columns are dictionary-encoded in Polars, all in one query so that
+    they run in parallel, and the encoder then maps each distinct value once
+    instead of every row. A null gets the code of an extra `None` category,
+    which the encoder treats as missing, so the codes are never negative.
     """
     names = features.input_fields(feature_set)
     strings = [name for name in names if name not in zeek.NUMERIC_FIELDS]
     distinct = frame.select(
         pl.col(name).unique().drop_nulls().implode() for name in strings
     ).row(0)
+    codes = frame.select(
+        pl.col(name)
+        .cast(pl.Enum(values))
+        .to_physical()
+        .cast(pl.Int64)
+        .fill_null(len(values))
+        if values
+        else pl.repeat(0, frame.height, dtype=pl.Int64).alias(name)
+        for name, values in zip(strings, distinct, strict=True)
+    )
+
     columns: dict[str, Any] = {}
     for name, values in zip(strings, distinct, strict=True):
-        if not values:
-            codes = np.full(frame.height, -1, dtype=np.int64)
-            columns[name] = features.Categorical(categories=[], codes=codes)
-            continue
-        codes = (
-            frame.get_column(name)
-            .cast(pl.Enum(values))
-            .to_physical()
-            .fill_null(-1)
-            .to_numpy()
+        columns[name] = features.Categorical(
+            categories=[*values, None], codes=codes.get_column(name).to_numpy()
         )
-        columns[name] = features.Categorical(categories=values, codes=codes)
     for name in names:
         if name in zeek.NUMERIC_FIELDS:
             columns[name] = frame.get_column(name).to_numpy()

@@ -204,12 +204,14 @@ def clean_records(
     header: zeek.Header,
     *,
     fields: Sequence[str] | None = None,
+    labels_normalized: bool = False,
 ) -> pl.DataFrame:
     """Finish a frame that Polars parsed with numbers typed and markers as null.
 
     The caller has already checked every number, `ts` and `uid`. This adds
-    the line numbers, absent fields, the bool fields and label spelling. It
-    keeps the columns that `output_fields(fields)` lists.
+    the line numbers, absent fields, the bool fields and label spelling.
+    The caller sets `labels_normalized` when it has already normalised the
+    labels. The result keeps the columns that `output_fields(fields)` lists.
     """
     columns = [lines.cast(pl.Int64).alias(LINE)]
     for name in output_fields(fields):
@@ -227,7 +229,8 @@ def clean_records(
             )
         else:
             columns.append(pl.col(name))
-    return normalize_labels(frame.select(columns))
+    records = frame.select(columns)
+    return records if labels_normalized else normalize_labels(records)
 
 
 def normalize_labels(records: pl.DataFrame) -> pl.DataFrame:
