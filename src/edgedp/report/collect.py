@@ -204,7 +204,8 @@ def collect_data(dataset: dict[str, Any]) -> dict[str, Any]:
         "split": dataset.get("split"),
         "max_rows_per_file": dataset.get("max_rows_per_file"),
         "inputs": inputs,
-        # Files that prepare set aside while scanning folders, if it records any.
+        # NOTE: prepare does not yet record files it sets aside while scanning
+        # folders; `rejected` is the key this report expects for them.
         "rejected_files": dataset.get("rejected", []),
         "splits": dataset.get("splits", {}),
         "excluded_labels": dataset.get("excluded", {}),
