@@ -266,3 +266,26 @@ def test_cli_rejects_bad_mapping(tmp_path):
 
     assert result.returncode == 2
     assert "PATTERN=CLASS" in result.stderr
+
+
+def test_unreadable_file_in_folder_skipped(iot23, tmp_path):
+    out = tmp_path / "dataset"
+    headerless = (
+        iot23 / "variants" / "CTU-Honeypot-Capture-4-1.noheader-merged-label.csv"
+    )
+
+    dataset = prepare_dataset([iot23 / "variants"], out)
+
+    rejected = dataset.manifest["rejected"]
+    assert [entry["path"] for entry in rejected] == [str(headerless.resolve())]
+    assert "--columns" in rejected[0]["reason"]
+    assert len(dataset.manifest["inputs"]) == 2
+
+
+def test_unreadable_named_file_is_error(iot23, tmp_path):
+    headerless = (
+        iot23 / "variants" / "CTU-Honeypot-Capture-4-1.noheader-merged-label.csv"
+    )
+
+    with pytest.raises(FlowLogError, match="no header row"):
+        prepare_dataset([headerless, iot23 / CSV_20_1], tmp_path / "dataset")

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import edgedp
 from edgedp import atomic, config, features, zeek
 from edgedp.data import labels, readers, sources, splits
+from edgedp.data.sources import FlowLogError
 from edgedp.dataset import (
     LABEL_COLUMN,
     LABEL_INDEX_COLUMN,
@@ -86,7 +87,9 @@ def prepare_dataset(
     Raises:
         PrepareError: invalid settings, an input without labels, no flow of
             any requested class, or a split method that cannot be met.
-        FlowLogError: an input file is not a flow log.
+        FlowLogError: a file named in `paths` is not a flow log. Unreadable
+            files found by searching a folder are skipped and recorded under
+            `rejected` in `dataset.json` instead.
         FileExistsError: `out` exists and `overwrite` is not set.
     """
     classes = _check_settings(feature_set, classes, split, max_rows_per_file)
@@ -95,9 +98,8 @@ def prepare_dataset(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite (--overwrite)")
 
-    files = sources.find_logs(paths)
-    reports = [readers.open_report(path, columns=columns) for path in files]
-    log.info("preparing %d input files into %s", len(files), out)
+    reports, rejected = _open_reports(paths, columns)
+    log.info("preparing %d input files into %s", len(reports), out)
 
     with atomic.directory(out, overwrite=overwrite) as folder:
         parts = folder / _PARTS
@@ -133,6 +135,7 @@ def prepare_dataset(
                 "feature_names": features.feature_names(feature_set),
                 "class_mapping": mapping,
                 "excluded": dict(excluded.most_common()),
+                "rejected": rejected,
                 "max_rows_per_file": max_rows_per_file,
             }
         )
@@ -170,6 +173,36 @@ def _check_settings(
     if repeated:
         raise PrepareError(f"classes are repeated: {', '.join(repeated)}")
     return names
+
+
+def _open_reports(
+    paths: Sequence[str | Path], columns: Sequence[str] | None
+) -> tuple[list[readers.FileReport], list[dict[str, str]]]:
+    """Open every input file, skipping unreadable files found in folders.
+
+    A file named on the command line that is not a readable flow log stops
+    the run. A file that a folder search found is skipped with a warning and
+    listed in the returned rejections, so one odd export in a data folder
+    does not block the rest.
+    """
+    named = {Path(p).resolve() for p in paths if Path(p).is_file()}
+    reports = []
+    rejected = []
+    for path in sources.find_logs(paths):
+        try:
+            reports.append(readers.open_report(path, columns=columns))
+        except FlowLogError as error:
+            if path in named:
+                raise
+            log.warning("skipping %s: %s", path, error)
+            rejected.append({"path": str(path), "reason": str(error)})
+
+    if not reports:
+        raise PrepareError(
+            "none of the input files could be read as a flow log; "
+            "see the warnings above for each file"
+        )
+    return reports, rejected
 
 
 def _encode_file(
