@@ -192,7 +192,8 @@ def test_quick_profile_applies_overrides():
     assert quick.train.seeds == (0,)
     assert quick.train.epsilons == (None, 1.0)
     assert quick.train.classifier.epochs == 3
-    assert quick.train.classifier.batch_size == config.BATCH_SIZE
+    assert quick.train.classifier.batch_size == 256
+    assert quick.train.autoencoder.batch_size == 256
     assert quick.prepare.max_rows_per_file == 2000
     assert quick.bench.samples == 1000
     assert quick.data == Experiment().data
