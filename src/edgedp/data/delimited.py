@@ -1,11 +1,13 @@
 """Readers for Zeek TSV logs and CSV/TSV exports.
 
 Both read the file in blocks of whole lines (`sources.read_chunks`), so a log
-larger than memory is read in bounded memory. Each block is parsed by Polars
-as one String column of lines and split on the separator in Polars, which
-keeps exact line numbers for skipped rows. A CSV block that contains double
-quotes goes through Python's `csv` module instead, because a quoted field may
-contain the separator.
+larger than memory is read in bounded memory. A clean block is parsed by one
+call to Polars' typed CSV reader, with checks over the whole block
+(`_parse_clean`). A block that fails any check is parsed again as one String
+column of lines, split on the separator in Polars, which keeps exact line
+numbers for skipped rows. A CSV block that contains double quotes goes
+through Python's `csv` module instead, because a quoted field may contain
+the separator.
 
 Three consecutive spaces are read as a field separator in every format: the
 IoT-23 labeling tool joined `tunnel_parents`, `label` and `detailed-label`
