@@ -109,7 +109,7 @@ def main() -> int:
         commands = [
             ["train", "--data", str(work), "--epsilon", "none", "--out", "x"],
             ["evaluate", str(bundle)],
-            ["optimize", str(bundle)],
+            ["optimize", str(bundle), "--force"],
             ["prepare", str(args.data / LOG), "--out", str(work / "prepared-2")],
             ["inspect", str(args.data / LOG)],
         ]

@@ -495,7 +495,7 @@ def test_serve_without_training_stack(gateway_bundles, iot23):
     [
         ["train", "--data", "{dataset}", "--epsilon", "none", "--out", "{tmp}/b"],
         ["evaluate", "{bundle}", "--data", "{dataset}"],
-        ["optimize", "{bundle}"],
+        ["optimize", "{bundle}", "--force"],
         ["prepare", "{logs}", "--out", "{tmp}/prepared"],
         ["inspect", "{logs}"],
     ],
