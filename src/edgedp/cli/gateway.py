@@ -3,9 +3,9 @@
 `serve` parses its options with argparse, not Typer. Typer 0.29 builds a
 pydantic validator for every option, and importing pydantic and building
 them adds about 15 MB of resident memory, a quarter of the 60 MB that the
-gateway runtime is meant to fit in. `edgedp.cli.main` therefore hands
-`edgedp serve ...` to `run_serve` before Typer parses anything; the Typer
-command below only lists `serve` in `edgedp --help` and forwards to the
+gateway runtime is meant to fit in. So `edgedp.cli.main` hands
+`edgedp serve ...` to `run_serve` before Typer parses anything. The Typer
+command below only lists `serve` in `edgedp --help`, and it forwards to the
 same parser when Typer is reached (for example `edgedp -v serve ...`).
 
 The command imports only the gateway runtime (`edgedp.edge`), which needs
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --follow, skip the flows already in the file (its header "
         "is still read)",
     )
+
     parser.add_argument(
         "--format",
         dest="log_format",
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="int8",
         help="LiteRT model of the bundle to run (default: %(default)s)",
     )
+
     parser.add_argument(
         "--alerts",
         "-o",
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write a JSON line for every flow, not only alerts",
     )
+
     parser.add_argument(
         "--batch",
         type=_count,
@@ -127,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the bundle (validation_fpr, study); default: validation_fpr if "
         "recorded, else study",
     )
+
     parser.add_argument(
         "--stats-interval",
         type=_positive,
