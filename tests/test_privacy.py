@@ -138,6 +138,19 @@ def test_ledger_records_achieved_epsilon(calibrated):
     assert ledger["accountant"] == "prv"
 
 
+def _sgd_step(net, *, loss, clipping="linear", sample_rate=0.5, **options):
+    """Return a DPStep around SGD(lr=1), so an update equals minus the gradient."""
+    return DPStep(
+        net,
+        torch.optim.SGD(net.parameters(), lr=1.0),
+        loss=loss,
+        sample_rate=sample_rate,
+        noise_generator=random_generator(0),
+        clipping=clipping,
+        **options,
+    )
+
+
 def _linear_gradients(weight, bias, inputs, targets):
     """Per-example gradients of mean((W x + b - t)^2) over outputs, by hand."""
     residual = inputs @ weight.T + bias - targets
@@ -152,16 +165,13 @@ def _one_step(clipping, inputs, targets, *, clip, expected_batch_size):
     torch.manual_seed(0)
     layer = nn.Linear(inputs.shape[1], targets.shape[1])
     before = [p.detach().clone() for p in layer.parameters()]
-    step = DPStep(
+    step = _sgd_step(
         layer,
-        torch.optim.SGD(layer.parameters(), lr=1.0),
         loss=ReconstructionLoss(),
+        clipping=clipping,
         noise_multiplier=0.0,
         max_grad_norm=clip,
         expected_batch_size=expected_batch_size,
-        sample_rate=0.5,
-        noise_generator=random_generator(0),
-        clipping=clipping,
     )
     step(torch.from_numpy(inputs), torch.from_numpy(targets))
     step.close()
@@ -234,16 +244,14 @@ def test_empty_batch_adds_noise_only(clipping):
     sigma, clip, expected_batch_size = 2.0, 0.5, 4
     layer = nn.Linear(200, 50)
     before = [p.detach().clone() for p in layer.parameters()]
-    step = DPStep(
+    step = _sgd_step(
         layer,
-        torch.optim.SGD(layer.parameters(), lr=1.0),
         loss=ReconstructionLoss(),
+        clipping=clipping,
+        sample_rate=0.1,
         noise_multiplier=sigma,
         max_grad_norm=clip,
         expected_batch_size=expected_batch_size,
-        sample_rate=0.1,
-        noise_generator=random_generator(0),
-        clipping=clipping,
     )
 
     step(torch.zeros((0, 200)), torch.zeros((0, 50)))
@@ -261,6 +269,51 @@ def test_empty_batch_adds_noise_only(clipping):
         sigma * clip / expected_batch_size, rel=0.05
     )
     assert abs(float(update.mean())) < 0.01
+
+
+def test_modes_agree_on_deeper_model():
+    rng = np.random.default_rng(3)
+    inputs = torch.from_numpy(rng.random((64, 10), dtype=np.float32))
+    targets = torch.from_numpy(rng.integers(0, 3, 64))
+    updates = {}
+
+    for clipping in CLIPPING_MODES:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
+        before = [p.detach().clone() for p in net.parameters()]
+        step = _sgd_step(
+            net,
+            loss=nn.CrossEntropyLoss(),
+            clipping=clipping,
+            noise_multiplier=0.0,
+            max_grad_norm=0.1,
+            expected_batch_size=64,
+        )
+        step(inputs, targets)
+        step.close()
+        updates[clipping] = torch.cat(
+            [
+                (b - p.detach()).flatten()
+                for b, p in zip(before, net.parameters(), strict=True)
+            ]
+        )
+
+    assert float(updates["linear"].abs().max()) > 0
+    torch.testing.assert_close(updates["linear"], updates["per_sample"])
+    torch.testing.assert_close(updates["ghost"], updates["per_sample"])
+
+
+def test_linear_clipping_rejects_other_layers():
+    net = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+
+    with pytest.raises(ValueError, match=r"only nn.Linear.*\['1.weight', '1.bias'\]"):
+        _sgd_step(
+            net,
+            loss=nn.CrossEntropyLoss(),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=4,
+        )
 
 
 def test_sampler_matches_bernoulli_rates():

@@ -158,11 +158,11 @@ def train(
     clipping: Annotated[
         str,
         typer.Option(
-            help="ghost: per-row gradient norms without per-row gradients "
-            "(fast); per_sample: materialise per-row gradients (slow, same "
-            "result)."
+            help="How DP clips each row's gradient, all with the same result: "
+            "linear (fastest, nn.Linear models), ghost (Opacus ghost clipping) "
+            "or per_sample (Opacus per-sample gradients, slowest)."
         ),
-    ] = "ghost",
+    ] = "linear",
     target_fpr: Annotated[
         float,
         typer.Option(
