@@ -12,6 +12,9 @@ from rich.table import Table
 from edgedp import config
 from edgedp.cli import app, console
 
+# edgedp.train imports only numpy and the standard library at module level.
+from edgedp.train import DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE, DEFAULT_THREADS
+
 
 def _epsilon(value: str) -> float | None:
     if value.strip().lower() in ("none", "inf", "off"):
@@ -139,18 +142,23 @@ def train(
         int | None,
         typer.Option(
             min=1,
-            help=f"Passes over the training rows [default: "
-            f"{config.CLASSIFIER_EPOCHS} for ff, {config.AUTOENCODER_EPOCHS} for ae].",
+            help=f"Passes over the training rows. Default: "
+            f"{config.CLASSIFIER_EPOCHS} for ff, {config.AUTOENCODER_EPOCHS} for ae.",
         ),
     ] = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Rows per step; the expected Poisson batch size under DP."
+            min=1,
+            help="Rows per step, the expected Poisson batch size under DP. "
+            f"Default: {DEFAULT_BATCH_SIZE['ff']}.",
         ),
     ] = None,
     learning_rate: Annotated[
-        float | None, typer.Option(help="Adam learning rate.")
+        float | None,
+        typer.Option(
+            help=f"Adam learning rate. Default: {DEFAULT_LEARNING_RATE['ff']:g}."
+        ),
     ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed of weight init, batches and DP noise.")
@@ -171,7 +179,8 @@ def train(
         ),
     ] = 0.01,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="Torch CPU threads [default: 1].")
+        int | None,
+        typer.Option(min=1, help=f"Torch CPU threads. Default: {DEFAULT_THREADS}."),
     ] = None,
     secure_randomness: Annotated[
         bool,
@@ -235,7 +244,7 @@ def evaluate(
         Path | None,
         typer.Option(
             "--data",
-            help="Prepared dataset folder [default: the one recorded in the bundle].",
+            help="Prepared dataset folder. Default: the one recorded in the bundle.",
         ),
     ] = None,
     split: Annotated[
