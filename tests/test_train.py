@@ -148,6 +148,24 @@ def test_same_seed_same_model(prepared_iot23, tmp_path):
     assert runs[0].bundle_id != runs[2].bundle_id
 
 
+def test_secure_randomness_not_replayable(bundles, prepared_iot23, tmp_path):
+    seeded = bundles["ff_dp"]
+
+    secret = train_bundle(
+        prepared_iot23,
+        tmp_path / "secret",
+        epsilon=1.0,
+        epochs=2,
+        secure_randomness=True,
+    )
+
+    assert seeded.manifest["privacy"]["randomness"] == "seeded"
+    assert secret.manifest["privacy"]["randomness"] == "secret"
+    # Same seed, same init: only the secret batches and noise differ.
+    assert secret.bundle_id != seeded.bundle_id
+    assert secret.manifest["privacy"]["epsilon"] <= 1.0
+
+
 def test_existing_bundle_rejected_first(prepared_iot23, tmp_path):
     (tmp_path / "taken").mkdir()
 
