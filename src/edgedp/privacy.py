@@ -16,7 +16,6 @@ really took, and that value goes into the ledger.
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import math
@@ -36,14 +35,9 @@ COMPARISON_ACCOUNTANT = "rdp"
 SAMPLING = "poisson"
 NEIGHBOURING = "add or remove one flow record"
 
-LINEAR_CLIPPING = "linear"
 GHOST_CLIPPING = "ghost"
 PER_SAMPLE_CLIPPING = "per_sample"
-CLIPPING_MODES: tuple[str, ...] = (
-    LINEAR_CLIPPING,
-    GHOST_CLIPPING,
-    PER_SAMPLE_CLIPPING,
-)
+CLIPPING_MODES: tuple[str, ...] = (GHOST_CLIPPING, PER_SAMPLE_CLIPPING)
 
 # Largest noise multiplier that calibration considers. Past it the noise
 # standard deviation is 200 clipping norms per step, which leaves no usable
@@ -280,79 +274,6 @@ class PoissonSampler:
         return torch.cat(positions)
 
 
-class LinearClipping:
-    """Clipped per-row gradient sums for a stack of `nn.Linear` layers.
-
-    For a Linear layer on 2-D input, row i's weight gradient is the outer
-    product g_i a_i^T of the gradient g_i of its loss with respect to the
-    layer output and the layer input a_i, so its squared norm is
-    ||g_i||^2 ||a_i||^2 and its bias gradient is g_i, the identity that
-    Opacus's `compute_linear_norm_sample` uses. One backward pass to the layer
-    outputs gives every g_i without forming parameter gradients. The
-    clipped sum is then one matrix product per layer, (c * G)^T A, with
-    c_i = min(1, C / (||grad_i|| + 1e-6)) as in Opacus's `DPOptimizer`.
-
-    Raises:
-        ValueError: `net` has trainable parameters outside `nn.Linear`.
-    """
-
-    def __init__(self, net: nn.Module, loss: nn.Module, max_grad_norm: float):
-        self.layers = [m for m in net.modules() if isinstance(m, nn.Linear)]
-        covered = {id(p) for layer in self.layers for p in layer.parameters()}
-        others = [
-            name
-            for name, p in net.named_parameters()
-            if p.requires_grad and id(p) not in covered
-        ]
-        if others:
-            raise ValueError(
-                f"linear clipping supports only nn.Linear parameters, but the "
-                f"model also trains {others}; use clipping ghost or per_sample"
-            )
-        self.net = net
-        self.loss = copy.copy(loss)
-        self.loss.reduction = "none"
-        self.max_grad_norm = max_grad_norm
-        self._inputs: dict[nn.Module, torch.Tensor] = {}
-        self._outputs: dict[nn.Module, torch.Tensor] = {}
-        self._hooks = [
-            layer.register_forward_hook(self._capture) for layer in self.layers
-        ]
-
-    def _capture(self, layer, inputs, output) -> None:
-        if layer.training and torch.is_grad_enabled():
-            self._inputs[layer] = inputs[0].detach()
-            self._outputs[layer] = output
-
-    def set_clipped_sum(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        """Set each parameter's `.grad` to the sum of clipped row gradients."""
-        per_row_loss = self.loss(self.net(inputs), targets)
-        outputs = [self._outputs[layer] for layer in self.layers]
-        output_grads = torch.autograd.grad(per_row_loss.sum(), outputs)
-
-        squared_norms = torch.zeros(len(inputs), dtype=per_row_loss.dtype)
-        for layer, grad in zip(self.layers, output_grads, strict=True):
-            grad_norms = grad.square().sum(dim=1)
-            input_norms = self._inputs[layer].square().sum(dim=1)
-            squared_norms += grad_norms * input_norms
-            if layer.bias is not None:
-                squared_norms += grad_norms
-        factors = (self.max_grad_norm / (squared_norms.sqrt() + 1e-6)).clamp(max=1.0)
-
-        for layer, grad in zip(self.layers, output_grads, strict=True):
-            clipped = grad * factors[:, None]
-            layer.weight.grad = clipped.T @ self._inputs[layer]
-            if layer.bias is not None:
-                layer.bias.grad = clipped.sum(dim=0)
-        self._inputs.clear()
-        self._outputs.clear()
-
-    def close(self) -> None:
-        """Remove the forward hooks."""
-        for hook in self._hooks:
-            hook.remove()
-
-
 class DPStep:
     """One DP-SGD optimizer step per call, through Opacus.
 
@@ -366,10 +287,6 @@ class DPStep:
 
     Clipping modes give the same update and differ only in speed:
 
-    - `linear`: `LinearClipping` computes each row's gradient norm and the
-      clipped sum from one backward pass, for models built of `nn.Linear`
-      layers only. Opacus's `DPOptimizerFastGradientClipping` then adds the
-      noise, scales and steps.
     - `ghost`: Opacus's `GradSampleModuleFastGradientClipping` computes each
       row's gradient norm from layer activations and output gradients
       without forming per-sample gradients. For `nn.Linear` on 2-D input the
@@ -389,7 +306,7 @@ class DPStep:
         expected_batch_size: q * N, the divisor of the noisy gradient sum.
         sample_rate: q, recorded with each step for the accountant.
         noise_generator: the source of the Gaussian noise.
-        clipping: `linear`, `ghost` or `per_sample`.
+        clipping: `ghost` or `per_sample`.
         secure_noise: use Opacus's noise sampling that resists floating
             point attacks (four Gaussian draws per value).
     """
@@ -405,7 +322,7 @@ class DPStep:
         expected_batch_size: int,
         sample_rate: float,
         noise_generator: torch.Generator,
-        clipping: str = LINEAR_CLIPPING,
+        clipping: str = GHOST_CLIPPING,
         secure_noise: bool = False,
     ) -> None:
         from opacus.grad_sample import (
@@ -440,12 +357,7 @@ class DPStep:
             "generator": noise_generator,
             "secure_mode": secure_noise,
         }
-        self.module = None
-        self._linear = None
-        if clipping == LINEAR_CLIPPING:
-            self._linear = LinearClipping(net, loss, max_grad_norm)
-            self.optimizer = DPOptimizerFastGradientClipping(optimizer, **options)
-        elif clipping == GHOST_CLIPPING:
+        if clipping == GHOST_CLIPPING:
             self.module = GradSampleModuleFastGradientClipping(
                 net,
                 loss_reduction="mean",
@@ -478,8 +390,6 @@ class DPStep:
         self.optimizer.zero_grad(set_to_none=True)
         if len(inputs) == 0:
             self._prepare_empty_batch()
-        elif self._linear is not None:
-            self._linear.set_clipped_sum(inputs, targets)
         else:
             with warnings.catch_warnings():
                 # Opacus hooks fire on outputs when inputs need no gradient,
@@ -502,10 +412,7 @@ class DPStep:
 
     def close(self) -> None:
         """Remove the hooks and Opacus attributes from the wrapped module."""
-        if self._linear is not None:
-            self._linear.close()
-        else:
-            self.module.cleanup()
+        self.module.cleanup()
 
 
 def private_ledger(

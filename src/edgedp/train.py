@@ -79,7 +79,7 @@ class TrainSettings:
     batch_size: int | None = None
     learning_rate: float | None = None
     seed: int = config.DEFAULT_SEED
-    clipping: str = "linear"
+    clipping: str = "ghost"
     target_fpr: float = DEFAULT_TARGET_FPR
     threads: int | None = None
     secure_randomness: bool = False
@@ -400,7 +400,7 @@ def train_bundle(
     seed: int = config.DEFAULT_SEED,
     overwrite: bool = False,
     learning_rate: float | None = None,
-    clipping: str = "linear",
+    clipping: str = "ghost",
     target_fpr: float = DEFAULT_TARGET_FPR,
     threads: int | None = None,
     secure_randomness: bool = False,
@@ -421,7 +421,7 @@ def train_bundle(
             same seed and thread count reproduce the same weights.
         overwrite: replace an existing bundle folder.
         learning_rate: Adam's learning rate.
-        clipping: `linear`, `ghost` or `per_sample`, which give the same
+        clipping: `ghost` or `per_sample`, which give the same
             update at different speeds (see `edgedp.privacy.DPStep`).
         target_fpr: benign false-positive rate that picks the autoencoder's
             validation threshold.

@@ -166,11 +166,11 @@ def train(
     clipping: Annotated[
         str,
         typer.Option(
-            help="How DP clips each row's gradient, all with the same result: "
-            "linear (fastest, nn.Linear models), ghost (Opacus ghost clipping) "
-            "or per_sample (Opacus per-sample gradients, slowest)."
+            help="How Opacus clips each row's gradient, both with the same "
+            "result: ghost (ghost clipping, faster) or per_sample (per-sample "
+            "gradients)."
         ),
-    ] = "linear",
+    ] = "ghost",
     target_fpr: Annotated[
         float,
         typer.Option(
