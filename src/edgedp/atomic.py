@@ -18,6 +18,24 @@ from pathlib import Path
 from typing import Any
 
 
+def _current_umask() -> int:
+    # os.umask can only be read by setting it. Setting it back at once leaves
+    # a short window in which another thread would create files with 022.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_default_mode(path: Path, *, directory: bool) -> None:
+    """Give a temporary file or folder the mode a plain open or mkdir would.
+
+    mkstemp and mkdtemp create private entries (0600 and 0700), which would
+    keep a service user from reading a bundle copied with `rsync -a`.
+    """
+    base = 0o777 if directory else 0o666
+    os.chmod(path, base & ~_current_umask())
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` atomically, replacing any existing file."""
     path = Path(path)
@@ -52,6 +70,7 @@ def file(path: str | Path) -> Iterator[Path]:
     )
     os.close(handle)
     temporary = Path(name)
+    _apply_default_mode(temporary, directory=False)
     try:
         yield temporary
         with open(temporary, "rb") as written:
@@ -79,6 +98,7 @@ def directory(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     temporary = Path(
         tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     )
+    _apply_default_mode(temporary, directory=True)
     try:
         yield temporary
         if path.exists():

@@ -1,0 +1,56 @@
+"""Atomic writes: modes follow the umask, failures leave nothing behind."""
+
+import os
+import stat
+
+import pytest
+
+from edgedp import atomic
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_file_mode_follows_umask(tmp_path, umask_022):
+    atomic.write_text(tmp_path / "a.json", "{}")
+
+    assert _mode(tmp_path / "a.json") == 0o644
+
+
+def test_directory_mode_follows_umask(tmp_path, umask_022):
+    with atomic.directory(tmp_path / "out") as folder:
+        (folder / "inside.txt").write_text("x")
+
+    assert _mode(tmp_path / "out") == 0o755
+    assert (tmp_path / "out" / "inside.txt").read_text() == "x"
+
+
+def test_failed_file_write_keeps_old(tmp_path):
+    target = tmp_path / "a.txt"
+    target.write_text("old")
+
+    with pytest.raises(RuntimeError), atomic.file(target) as temporary:
+        temporary.write_text("new")
+        raise RuntimeError("interrupted")
+
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_directory_overwrite_replaces_whole(tmp_path):
+    with atomic.directory(tmp_path / "out") as folder:
+        (folder / "old.txt").write_text("old")
+
+    with atomic.directory(tmp_path / "out", overwrite=True) as folder:
+        (folder / "new.txt").write_text("new")
+
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
