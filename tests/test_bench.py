@@ -12,7 +12,13 @@ from typer.testing import CliRunner
 
 import edgedp.cli.shrinking  # noqa: F401  (registers optimize and bench)
 from edgedp.bench import VARIANTS, BenchError, bench_bundles, run_worker
-from edgedp.bundle import FP32_MODEL, INT8_MODEL, TORCH_WEIGHTS, BundleError
+from edgedp.bundle import (
+    FP32_MODEL,
+    INT8_MODEL,
+    TORCH_WEIGHTS,
+    BundleError,
+    write_manifest,
+)
 from edgedp.cli import app
 
 FLOWS = 300
@@ -133,7 +139,7 @@ def test_unoptimized_bundle_rejected_before_measuring(bundles):
     path = bundles.copy(bundles.classifier, "bench-unoptimized")
     manifest = json.loads((path / "bundle.json").read_text())
     del manifest["files"][FP32_MODEL]
-    (path / "bundle.json").write_text(json.dumps(manifest))
+    write_manifest(path / "bundle.json", manifest)
 
     with pytest.raises(BundleError, match="run `edgedp optimize`"):
         bench_bundles([path], samples=10, repeat=1)

@@ -86,3 +86,31 @@ def test_add_files_replaces_and_rehashes(tmp_path):
     assert manifest["step"] == 2
     assert set(manifest["files"]) == {bundles.FP32_MODEL, bundles.TORCH_WEIGHTS}
     assert [p.name for p in created.root.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_edited_manifest_rejected(tmp_path):
+    created = bundles.create_bundle(
+        tmp_path / "b",
+        {"encoder_version": "v1", "classes": ["Benign", "C&C"]},
+        {bundles.TORCH_WEIGHTS: _write("weights")},
+    )
+    manifest_path = created.root / bundles.MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["classes"] = ["C&C", "Benign"]
+    manifest_path.write_text(json.dumps(manifest))
+
+    with pytest.raises(bundles.BundleError, match="changed after edgedp wrote it"):
+        bundles.load_bundle(created.root)
+
+
+def test_manifest_digest_survives_updates(tmp_path):
+    created = bundles.create_bundle(
+        tmp_path / "b",
+        {"encoder_version": "v1", "privacy": {"epsilon": float("inf")}},
+        {bundles.TORCH_WEIGHTS: _write("weights")},
+    )
+    bundles.add_files(created, {}, {"metrics": {"test": {"f1": 0.5}}})
+
+    reloaded = bundles.load_bundle(created.root)
+    assert reloaded.manifest["metrics"] == {"test": {"f1": 0.5}}
+    assert reloaded.manifest["privacy"]["epsilon"] == float("inf")

@@ -21,6 +21,7 @@ from edgedp.bundle import (
     BundleError,
     load_bundle,
     sha256_file,
+    write_manifest,
 )
 from edgedp.cli import app
 from edgedp.data.prepare import prepare_dataset
@@ -199,7 +200,7 @@ def test_bundle_without_weights_rejected(bundles):
     path = bundles.copy(bundles.classifier, "no-weights")
     manifest = _manifest(path)
     del manifest["files"][TORCH_WEIGHTS]
-    (path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    write_manifest(path / MANIFEST_NAME, manifest)
     (path / TORCH_WEIGHTS).unlink()
 
     with pytest.raises(BundleError, match="has no model.pt"):

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from test_export_bundles import edge_bundles, validation_sample
 
-from edgedp.bundle import FP32_MODEL, INT8_MODEL, BundleError, load_bundle
+from edgedp.bundle import (
+    FP32_MODEL,
+    INT8_MODEL,
+    BundleError,
+    load_bundle,
+    write_manifest,
+)
 from edgedp.edge.inference import (
     LiteRTModel,
     ModelFileError,
@@ -176,7 +182,7 @@ def test_unoptimized_bundle_rejected(bundles):
     path = bundles.copy(bundles.classifier, "unoptimized")
     manifest = json.loads((path / "bundle.json").read_text())
     del manifest["files"][INT8_MODEL]
-    (path / "bundle.json").write_text(json.dumps(manifest))
+    write_manifest(path / "bundle.json", manifest)
 
     with pytest.raises(BundleError, match="run `edgedp optimize`"):
         load_runner(path, "int8")

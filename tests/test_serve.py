@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgedp.bundle import INT8_MODEL, MANIFEST_NAME
+from edgedp.bundle import INT8_MODEL, MANIFEST_NAME, write_manifest
 from edgedp.edge.serve import Gateway, ServeSettings
 
 ZEEK_LOGS = {
@@ -418,7 +418,7 @@ def test_unknown_encoder_rejected(gateway_bundles, iot23, tmp_path):
     shutil.copytree(gateway_bundles["classifier"], bundle)
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
     manifest["encoder_version"] = "conn-0"
-    (bundle / MANIFEST_NAME).write_text(json.dumps(manifest))
+    write_manifest(bundle / MANIFEST_NAME, manifest)
 
     result = _serve_cli([str(bundle), "--input", str(iot23 / ZEEK_LOGS["5-1"])])
 

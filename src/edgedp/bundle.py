@@ -130,6 +130,13 @@ def load_bundle(
                 "retrain the bundle or install the matching edgedp"
             )
     if verify:
+        recorded = manifest.get(MANIFEST_DIGEST)
+        if recorded != manifest_digest(manifest):
+            raise BundleError(
+                f"{manifest_path} was changed after edgedp wrote it "
+                f"({MANIFEST_DIGEST} does not match its content); "
+                "recreate the bundle instead of editing it"
+            )
         for name, entry in manifest.get("files", {}).items():
             file_path = root / name
             if not file_path.is_file():
@@ -144,6 +151,29 @@ def load_bundle(
                     "truncated, so recreate the bundle"
                 )
     return bundle
+
+
+MANIFEST_DIGEST = "manifest_sha256"
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """Return the sha256 of a manifest's canonical JSON, without the digest.
+
+    The digest catches a `bundle.json` edited by hand or by another tool (for
+    example swapped class names), which file hashes alone would miss. It is
+    not a signature: anyone who can write the folder can recompute it.
+    """
+    import json
+
+    content = {k: v for k, v in manifest.items() if k != MANIFEST_DIGEST}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
+    """Write `manifest` to `path` atomically, with its digest."""
+    content = {k: v for k, v in manifest.items() if k != MANIFEST_DIGEST}
+    atomic.write_json(path, {**content, MANIFEST_DIGEST: manifest_digest(content)})
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
@@ -186,7 +216,7 @@ def create_bundle(
             **manifest,
             "files": entries,
         }
-        atomic.write_json(temporary / MANIFEST_NAME, full_manifest)
+        write_manifest(temporary / MANIFEST_NAME, full_manifest)
     return load_bundle(path, verify=False)
 
 
@@ -212,7 +242,7 @@ def add_files(
 
         manifest = dict(bundle.manifest)
         kept = {n: e for n, e in manifest.get("files", {}).items() if n not in staged}
-        atomic.write_json(root / MANIFEST_NAME, {**manifest, "files": kept})
+        write_manifest(root / MANIFEST_NAME, {**manifest, "files": kept})
 
         entries = dict(kept)
         for name, temporary in staged.items():
@@ -220,7 +250,7 @@ def add_files(
             entries[name] = _file_entry(root / name)
         manifest.update(updates)
         manifest["files"] = entries
-        atomic.write_json(root / MANIFEST_NAME, manifest)
+        write_manifest(root / MANIFEST_NAME, manifest)
     finally:
         for temporary in staged.values():
             temporary.unlink(missing_ok=True)
