@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -256,3 +257,30 @@ def test_cli_train_reports_bad_input(prepared_iot23, tmp_path):
     assert "already exists" in taken.output
     assert not_a_number.exit_code == 2
     assert "'high' is not a number" in not_a_number.output
+
+
+def test_cli_interrupt_leaves_no_bundle(prepared_iot23, tmp_path):
+    out = tmp_path / "interrupted"
+    edgedp = str(Path(sys.executable).with_name("edgedp"))
+    command = [edgedp, "train", "--data", str(prepared_iot23.root), "--out", str(out)]
+    process = subprocess.Popen(
+        [*command, "--model", "ff", "--epsilon", "1", "--epochs", "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    # Wait until training has started, then press Ctrl-C.
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if "noise multiplier" in line or "training" in line.lower():
+            break
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=120)
+    text = " ".join((("".join(output)) + rest).split())
+
+    assert process.returncode == 130
+    assert "interrupted." in text
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []

@@ -5,8 +5,11 @@ modules import heavy libraries (torch, polars) inside the command function, so
 `edgedp serve` on a gateway never loads them and `edgedp --help` stays fast.
 """
 
+import functools
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -26,6 +29,24 @@ TRAINING_MODULES = frozenset(
     {"torch", "opacus", "polars", "pyarrow", "litert_torch", "ai_edge_quantizer"}
     | {"sklearn", "matplotlib"}
 )
+
+
+def reports_interrupt(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Make Ctrl-C in `command` print what it left behind and exit 130."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            console.print(
+                "[yellow]interrupted.[/] Outputs are written atomically, so "
+                "nothing partial was left under the output name; run the "
+                "command again to redo it."
+            )
+            raise typer.Exit(130) from None
+
+    return run
 
 
 @app.callback()

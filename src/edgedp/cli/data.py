@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from edgedp import config
-from edgedp.cli import app, console
+from edgedp.cli import app, console, reports_interrupt
 
 _COLUMNS_HELP = (
     "Column names for CSV/TSV exports without a header row: `conn-labeled` "
@@ -87,6 +87,7 @@ def inspect(
 
 
 @app.command()
+@reports_interrupt
 def prepare(
     paths: Annotated[
         list[Path],

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from edgedp.bench import DEFAULT_REPEAT, VARIANTS
-from edgedp.cli import app, console
+from edgedp.cli import app, console, reports_interrupt
 from edgedp.config import STUDY_BENCH_FLOWS
 from edgedp.export import (
     AUTO_CALIBRATION,
@@ -27,6 +27,7 @@ def _score(entry: dict[str, Any]) -> str:
 
 
 @app.command()
+@reports_interrupt
 def optimize(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder from `edgedp train`.")],
     data: Annotated[
@@ -112,6 +113,7 @@ def _mebibytes(spread: dict[str, Any] | None) -> str:
 
 
 @app.command()
+@reports_interrupt
 def bench(
     bundles: Annotated[
         list[Path], typer.Argument(help="Bundle folders that `optimize` processed.")

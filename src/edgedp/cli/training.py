@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from edgedp import config
-from edgedp.cli import app, console
+from edgedp.cli import app, console, reports_interrupt
 
 # edgedp.train imports only numpy and the standard library at module level.
 from edgedp.train import DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE, DEFAULT_THREADS
@@ -112,6 +112,7 @@ def _metrics_tables(title: str, metrics: dict[str, Any]) -> list[Table]:
 
 
 @app.command()
+@reports_interrupt
 def train(
     data: Annotated[
         Path, typer.Option("--data", help="Prepared dataset folder (edgedp prepare).")
@@ -238,6 +239,7 @@ def train(
 
 
 @app.command()
+@reports_interrupt
 def evaluate(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder (edgedp train).")],
     data: Annotated[
