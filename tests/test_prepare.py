@@ -289,3 +289,12 @@ def test_unreadable_named_file_is_error(iot23, tmp_path):
 
     with pytest.raises(FlowLogError, match="no header row"):
         prepare_dataset([headerless, iot23 / CSV_20_1], tmp_path / "dataset")
+
+
+def test_excluded_counts_each_flow_once(iot23, tmp_path):
+    inputs = [iot23 / CSV_20_1, iot23 / BLANK_20_1]
+
+    dataset = prepare_dataset(inputs, tmp_path / "dataset")
+
+    assert dataset.manifest["excluded"] == {"C&C-Torii": 16}
+    assert dataset.manifest["duplicates_dropped"] == 3193

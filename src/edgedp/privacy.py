@@ -91,8 +91,8 @@ class DPSettings:
             raise PrivacyConfigError(
                 f"delta must be above 0 and below 1/N = {1 / self.rows:.3g} for "
                 f"N = {self.rows} {self.population}, got {self.target_delta:g}; "
-                "a delta of 1/N or more allows publishing a whole row, so choose "
-                "a smaller delta such as 1e-5"
+                "a delta of 1/N or more allows publishing a whole row, so pass "
+                "a smaller --delta such as 1e-5"
             )
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
             raise PrivacyConfigError(

@@ -17,7 +17,6 @@ when the dataset is complete (`edgedp.atomic.directory`).
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,7 +95,9 @@ def prepare_dataset(
     mapping = dict(class_mapping or {})
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite (--overwrite)")
+        raise FileExistsError(
+            f"{out} already exists; choose another folder or pass --overwrite"
+        )
 
     reports, rejected = _open_reports(paths, columns)
     log.info("preparing %d input files into %s", len(reports), out)
@@ -104,7 +105,7 @@ def prepare_dataset(
     with atomic.directory(out, overwrite=overwrite) as folder:
         parts = folder / _PARTS
         parts.mkdir()
-        excluded: Counter[str] = Counter()
+        excluded: list[pl.DataFrame] = []
         part_files = []
         for index, report in enumerate(reports):
             part_files += _encode_file(
@@ -134,7 +135,7 @@ def prepare_dataset(
                 "feature_set": feature_set,
                 "feature_names": features.feature_names(feature_set),
                 "class_mapping": mapping,
-                "excluded": dict(excluded.most_common()),
+                "excluded": _count_excluded(excluded),
                 "rejected": rejected,
                 "max_rows_per_file": max_rows_per_file,
             }
@@ -205,6 +206,19 @@ def _open_reports(
     return reports, rejected
 
 
+def _count_excluded(excluded: list[pl.DataFrame]) -> dict[str, int]:
+    """Count excluded flows per source label, each (uid, ts) flow once.
+
+    The same flow found in several input files counts once, as it does in
+    the splits.
+    """
+    if not excluded:
+        return {}
+    flows = pl.concat(excluded).unique(subset=["uid", "ts"], keep="first")
+    counts = flows.get_column(labels.SOURCE_CLASS).value_counts(sort=True)
+    return {str(name): int(count) for name, count in counts.iter_rows()}
+
+
 def _encode_file(
     report: readers.FileReport,
     file_index: int,
@@ -213,7 +227,7 @@ def _encode_file(
     feature_set: str,
     classes: list[str],
     mapping: dict[str, str],
-    excluded: Counter[str],
+    excluded: list[pl.DataFrame],
     max_rows: int | None,
     chunk_bytes: int,
 ) -> list[Path]:
@@ -237,10 +251,7 @@ def _encode_file(
             .alias(LABEL_INDEX_COLUMN)
         )
         dropped = frame.filter(pl.col(LABEL_INDEX_COLUMN).is_null())
-        for name, count in (
-            dropped.get_column(labels.SOURCE_CLASS).value_counts().iter_rows()
-        ):
-            excluded[name] += count
+        excluded.append(dropped.select("uid", "ts", labels.SOURCE_CLASS))
         kept = frame.filter(pl.col(LABEL_INDEX_COLUMN).is_not_null())
         if not kept.height:
             continue
