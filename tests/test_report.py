@@ -7,16 +7,26 @@ import statistics
 
 import pytest
 
+from edgedp.privacy import non_private_ledger
 from edgedp.report import ReportError, write_report
 from edgedp.report.collect import (
     CLASSIFIER_METRICS,
     _classifier_value,
     _metric_rows,
+    collect_data,
+    collect_efficiency,
+    collect_privacy,
     grid_cells,
     privacy_label,
     summarize,
 )
-from edgedp.report.markdown import mean_std, table
+from edgedp.report.markdown import (
+    _data_section,
+    _efficiency_section,
+    _privacy_section,
+    mean_std,
+    table,
+)
 
 
 def test_summarize_two_seeds():
@@ -116,3 +126,102 @@ def test_write_report_rejects_broken_state(tmp_path):
     (tmp_path / "state.json").write_text("{not json")
     with pytest.raises(ReportError, match="state.json is not valid JSON"):
         write_report(tmp_path)
+
+
+def _dataset_with_rejected_file() -> dict:
+    return {
+        "feature_set": "paper",
+        "feature_names": ["duration"],
+        "classes": ["Benign"],
+        "inputs": [{"path": "/logs/good.conn.log", "format": "zeek", "rows_read": 5}],
+        "rejected": [
+            {"path": "/logs/bad.conn.log", "reason": "no header row\nfound"},
+        ],
+        "splits": {"train": {"rows": 5, "classes": {"Benign": 5}}},
+    }
+
+
+def test_data_section_lists_rejected_files():
+    data = collect_data(_dataset_with_rejected_file())
+    assert data["rejected"] == [
+        {"path": "/logs/bad.conn.log", "reason": "no header row\nfound"}
+    ]
+    text = "\n".join(_data_section(data))
+    assert "- `/logs/bad.conn.log`: no header row found" in text
+    assert "Files read: 1." in text
+
+
+def _plain_manifest() -> dict:
+    ledger = non_private_ledger(population="train split", rows=100, steps=20)
+    ledger["calibration"] = {
+        "source": "validation",
+        "flows": 1000,
+        "covered_by_dp": False,
+    }
+    return {
+        "name": "classifier-plain-seed0",
+        "model": {"kind": "classifier"},
+        "training": {"epsilon": None, "seed": 0},
+        "privacy": ledger,
+    }
+
+
+def test_privacy_ledger_plain_bundle():
+    (row,) = collect_privacy([_plain_manifest()])
+    assert row["private"] is False
+    assert row["int8_covered_by_dp"] is None
+    lines = "\n".join(_privacy_section([row])).splitlines()
+    (line,) = [line for line in lines if line.startswith("| classifier-plain")]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[-1] == "no DP"
+    assert cells[1] == "∞"
+    assert cells[2:4] == ["n/a", "n/a"]
+    assert cells[4] == "0"
+    assert cells[6] == "20"
+    assert cells[7:10] == ["n/a", "n/a", "n/a"]
+    assert cells[-2] == "validation (1,000)"
+
+
+def test_privacy_ledger_private_bundle_keeps_coverage():
+    manifest = _plain_manifest()
+    manifest["training"]["epsilon"] = 1.0
+    manifest["privacy"].update({"private": True, "epsilon": 0.99, "delta": 1e-5})
+    (row,) = collect_privacy([manifest])
+    assert row["int8_covered_by_dp"] is False
+    lines = "\n".join(_privacy_section([row])).splitlines()
+    (line,) = [line for line in lines if line.startswith("| classifier-plain")]
+    assert line.rstrip().endswith("| no |")
+
+
+def _bench(flows: int) -> dict:
+    spread = {"median": 0.5}
+    return {
+        "machine": {"cpu": "test CPU", "cores": 2},
+        "settings": {"flows": flows, "repeat": 1, "threads": 1, "cells": ["c"]},
+        "bundles": [
+            {
+                "kind": "classifier",
+                "bundle": "runs/x/bundles/classifier-plain-seed0",
+                "cell": "classifier-plain-seed0",
+                "variants": {
+                    "fp32": {"file_bytes": 100_000, "single_seconds": spread},
+                },
+            }
+        ],
+    }
+
+
+def test_efficiency_shows_fewer_flows():
+    efficiency = collect_efficiency(_bench(1000), [])
+    assert efficiency["rows"][0]["flows"] == 1000
+    text = "\n".join(_efficiency_section(efficiency))
+    assert "This run timed 1,000 flows, not the study's 7,000" in text
+    assert "study s (7,000 flows, this run 1,000)" in text
+    (line,) = [line for line in text.splitlines() if line.startswith("| classifier")]
+    assert "| fp32 | 1,000 |" in line
+
+
+def test_efficiency_same_flows_as_study():
+    text = "\n".join(_efficiency_section(collect_efficiency(_bench(7000), [])))
+    assert "not the study's" not in text
+    assert "study s (7,000 flows) |" in text

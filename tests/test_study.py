@@ -329,3 +329,160 @@ def test_changed_bench_setting_redoes_bench_only(quick_run):
             assert after[stage] == record, stage
     bench = json.loads((out / "bench.json").read_text())
     assert bench["settings"]["flows"] == 200
+
+
+# In-process checks of the run folder's lock, the stale-record cleanup, the
+# training-extra check and the prepare summary. They stop each run early, so
+# none trains a model.
+
+
+def _experiment(*paths: Path):
+    from dataclasses import replace
+
+    from edgedp.experiment import load_experiment
+
+    settings = load_experiment(None).quick_profile()
+    data = tuple(str(path) for path in paths)
+    return replace(settings, data=replace(settings.data, paths=data))
+
+
+def test_run_fails_while_folder_locked(tmp_path):
+    from edgedp.study import RunFolderLockedError, run_study
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder_code = (
+        "import fcntl, os, sys\n"
+        "lock = open(sys.argv[1], 'a+')\n"
+        "fcntl.flock(lock, fcntl.LOCK_EX)\n"
+        "lock.write(str(os.getpid())); lock.flush()\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", holder_code, str(out / "run.lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        with pytest.raises(RunFolderLockedError) as raised:
+            run_study(_experiment(tmp_path / "missing"), out, jobs=1)
+        assert time.monotonic() - started < 10
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    message = str(raised.value)
+    assert str(out) in message
+    assert f"PID {holder.pid}" in message
+    assert not (out / "state.json").exists()
+    assert not (out / "run.log").exists()
+
+
+def test_run_holds_lock_until_end(tmp_path, monkeypatch):
+    import fcntl
+
+    from edgedp.study import StudyError, run_study, runner
+
+    out = tmp_path / "run"
+    seen = {}
+
+    def run_stages(self):
+        lock_path = out / "run.lock"
+        seen["pid"] = lock_path.read_text().strip()
+        with open(lock_path, "a+") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen["locked"] = False
+            except BlockingIOError:
+                seen["locked"] = True
+        raise StudyError("stopped by the test")
+
+    monkeypatch.setattr(runner._Runner, "run_stages", run_stages)
+    with pytest.raises(StudyError, match="stopped by the test"):
+        run_study(_experiment(tmp_path), out, jobs=1)
+    assert seen["pid"] == str(os.getpid())
+    assert seen["locked"] is True
+    with open(out / "run.lock", "a+") as after:
+        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert (out / "run.lock").read_text() == ""
+
+
+def test_stale_running_record_marked_interrupted(tmp_path):
+    from edgedp.study import StudyError, run_study
+
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = {"started": "2026-01-01T00:00:00+0000", "status": "running", "pid": 1}
+    (out / "state.json").write_text(
+        json.dumps(
+            {"format": 1, "experiment": None, "stages": {}, "invocations": [stale]}
+        )
+    )
+    with pytest.raises(StudyError, match="input not found"):
+        run_study(_experiment(tmp_path / "missing"), out, jobs=1)
+    first, second = _state(out)["invocations"]
+    assert first["status"] == "interrupted"
+    assert first["started"] == stale["started"]
+    assert second["status"] == "failed"
+    assert second["pid"] == os.getpid()
+    assert "marked interrupted" in (out / "run.log").read_text()
+
+
+def test_run_without_training_extra(tmp_path, monkeypatch, capsys):
+    from edgedp.cli import main
+
+    out = tmp_path / "run"
+    # None in sys.modules makes the import system report the module missing.
+    monkeypatch.setitem(sys.modules, "opacus", None)
+    monkeypatch.setattr(
+        sys, "argv", ["edgedp", "run", "--data", str(tmp_path), "--out", str(out)]
+    )
+    with pytest.raises(SystemExit) as raised:
+        main()
+    assert raised.value.code == 2
+    assert "pip install 'edgedp[train]'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+class _RecordedProgress:
+    def __init__(self) -> None:
+        self.finished: dict[str, str] = {}
+
+    def start(self, task, total, description):
+        pass
+
+    def advance(self, task, description):
+        pass
+
+    def finish(self, task, description):
+        self.finished[task] = description
+
+
+def test_prepare_counts_set_aside_files(tmp_path, monkeypatch, iot23):
+    import shutil
+
+    from edgedp.study import StudyError, run_study, runner
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for name in SLICE[:2]:
+        shutil.copy(iot23 / name, logs)
+    (logs / "broken.conn.log").write_text("this is not a flow log\n")
+
+    def stop(self, dataset_id):
+        raise StudyError("stopped by the test")
+
+    monkeypatch.setattr(runner._Runner, "_grid", stop)
+    progress = _RecordedProgress()
+    out = tmp_path / "run"
+    with pytest.raises(StudyError, match="stopped by the test"):
+        run_study(_experiment(logs), out, jobs=1, progress=progress)
+    assert progress.finished["prepare"] == (
+        "prepared 2 files, set aside 1 unreadable (listed in dataset/dataset.json)"
+    )
+    dataset = json.loads((out / "dataset" / "dataset.json").read_text())
+    (rejected,) = dataset["rejected"]
+    assert rejected["path"].endswith("broken.conn.log")

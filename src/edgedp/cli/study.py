@@ -239,8 +239,11 @@ def run(
 
     from edgedp import experiment as experiments
     from edgedp.report import ReportError
-    from edgedp.study import StudyError, run_study
+    from edgedp.study import StudyError, check_training_modules, run_study
 
+    # Checked before anything is written or downloaded. A missing module
+    # raises ModuleNotFoundError, and edgedp.cli.main prints the install command.
+    check_training_modules()
     try:
         settings = experiments.load_experiment(config_file)
     except experiments.ExperimentError as error:

@@ -178,7 +178,11 @@ def _autoencoder_value(scores: dict[str, Any], metric: str) -> float | None:
 
 
 def collect_data(dataset: dict[str, Any]) -> dict[str, Any]:
-    """Build the data section: inputs, rows, classes per split, what was skipped."""
+    """Build the data section: inputs, rows, classes per split, what was skipped.
+
+    `rejected` lists the files that prepare found in a folder but could not
+    read, each as `path` and `reason`.
+    """
     inputs = []
     for entry in dataset.get("inputs", []):
         skipped = entry.get("rows_skipped") or {}
@@ -204,9 +208,10 @@ def collect_data(dataset: dict[str, Any]) -> dict[str, Any]:
         "split": dataset.get("split"),
         "max_rows_per_file": dataset.get("max_rows_per_file"),
         "inputs": inputs,
-        # NOTE: prepare does not yet record files it sets aside while scanning
-        # folders; `rejected` is the key this report expects for them.
-        "rejected_files": dataset.get("rejected", []),
+        "rejected": [
+            {"path": entry.get("path"), "reason": entry.get("reason")}
+            for entry in dataset.get("rejected", [])
+        ],
         "splits": dataset.get("splits", {}),
         "excluded_labels": dataset.get("excluded", {}),
         "dropped_classes": dataset.get("dropped_classes", {}),
@@ -221,6 +226,7 @@ def collect_efficiency(
     if bench is None:
         return None
     rows = []
+    flows = bench.get("settings", {}).get("flows")
     for measured in bench["bundles"]:
         for variant, values in measured["variants"].items():
             rows.append(
@@ -228,6 +234,7 @@ def collect_efficiency(
                     "model": measured["kind"],
                     "bundle": measured.get("cell", Path(measured["bundle"]).name),
                     "format": variant,
+                    "flows": flows,
                     "file_bytes": values.get("file_bytes"),
                     "single_seconds": _median(values.get("single_seconds")),
                     "batch_seconds": _median(values.get("batch_seconds")),
@@ -274,21 +281,29 @@ LEDGER_KEYS: tuple[str, ...] = (
 
 
 def collect_privacy(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Build the privacy ledger of every bundle, with the int8 calibration source."""
+    """Build the privacy ledger of every bundle, with the int8 calibration source.
+
+    `private` is False for a bundle trained without DP. Its
+    `int8_covered_by_dp` is None, because there is no guarantee to cover.
+    """
     rows = []
     for manifest in manifests:
         ledger = manifest.get("privacy", {})
         calibration = ledger.get("calibration") or {}
+        private = ledger.get("private", _epsilon(manifest) is not None)
         rows.append(
             {
                 "bundle": manifest["name"],
                 "model": manifest["model"]["kind"],
                 "seed": manifest["training"]["seed"],
                 "privacy": privacy_label(_epsilon(manifest)),
+                "private": private,
                 **{key: ledger.get(key) for key in LEDGER_KEYS},
                 "int8_calibration": calibration.get("source"),
                 "int8_calibration_flows": calibration.get("flows"),
-                "int8_covered_by_dp": calibration.get("covered_by_dp"),
+                "int8_covered_by_dp": (
+                    calibration.get("covered_by_dp") if private else None
+                ),
             }
         )
     return rows

@@ -12,6 +12,8 @@ from edgedp.report.collect import CLASSIFIER_METRICS, privacy_label
 MB = 1_000_000
 """Memory and sizes are shown in MB (10^6 bytes), the study's unit."""
 
+NOT_APPLICABLE = "n/a"
+
 FORMAT_NOTES = {
     "python": "numpy only, no model: the memory floor",
     "torch": "torch eager, float32",
@@ -24,7 +26,8 @@ FORMAT_NOTES = {
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Return a Markdown table; numbers are right-aligned."""
     align = [
-        "---:" if rows and _is_number(rows[0][i]) else "---" for i in range(len(header))
+        "---:" if any(_is_number(row[i]) for row in rows) else "---"
+        for i in range(len(header))
     ]
     lines = [
         "| " + " | ".join(header) + " |",
@@ -132,15 +135,17 @@ def _data_section(data: dict[str, Any]) -> list[str]:
         ),
         "",
     ]
-    if data["rejected_files"]:
-        lines += ["Files set aside while scanning the input folders:", ""]
-        for entry in data["rejected_files"]:
-            if isinstance(entry, dict):
-                path = entry.get("path", "?")
-                reason = entry.get("reason") or entry.get("error") or ""
-                lines.append(f"- `{path}`: {reason}")
-            else:
-                lines.append(f"- {entry}")
+    rejected = data.get("rejected", [])
+    if rejected:
+        lines += [
+            f"Files read: {len(data['inputs'])}. Files found in the input "
+            f"folders but set aside because they could not be read as flow "
+            f"logs: {len(rejected)}.",
+            "",
+        ]
+        for entry in rejected:
+            reason = " ".join(str(entry.get("reason") or "no reason recorded").split())
+            lines.append(f"- `{entry.get('path')}`: {reason}")
         lines.append("")
 
     splits = data["splits"]
@@ -311,16 +316,26 @@ def _efficiency_section(efficiency: dict[str, Any] | None) -> list[str]:
         f"{published.PI_FLOWS:,} flows on a {published.PI_DEVICE}.",
         "",
     ]
+    study_seconds = f"study s ({published.PI_FLOWS:,} flows)"
+    if flows != published.PI_FLOWS:
+        lines += [
+            f"**This run timed {flows:,} flows, not the study's "
+            f"{published.PI_FLOWS:,}**, so its seconds and the study's seconds "
+            "cover different amounts of work. Neither is scaled.",
+            "",
+        ]
+        study_seconds = f"study s ({published.PI_FLOWS:,} flows, this run {flows:,})"
 
     header = [
         "model",
         "format",
+        "flows",
         "file MB",
-        f"{flows:,} flows one at a time, s",
-        f"{flows:,} flows batched, s",
+        "one at a time, s",
+        "batched, s",
         "peak MB (one at a time)",
         "peak MB (with batch)",
-        "study s",
+        study_seconds,
         "study MB",
         "study file MB",
     ]
@@ -331,6 +346,7 @@ def _efficiency_section(efficiency: dict[str, Any] | None) -> list[str]:
             [
                 row["model"],
                 row["format"],
+                row.get("flows", flows),
                 _mb(row["file_bytes"], 4),
                 _fixed(row["single_seconds"], 3),
                 _fixed(row["batch_seconds"], 4),
@@ -362,7 +378,9 @@ def _privacy_section(rows: list[dict[str, Any]]) -> list[str]:
         "from the accountant over the steps actually taken; ∞ means no DP. "
         "sigma is the noise multiplier, q the Poisson sampling rate, C the "
         "clipping norm. The int8 column names the flows that set the int8 "
-        "ranges and whether the DP guarantee still covers the int8 model.",
+        "ranges and whether the DP guarantee still covers the int8 model. For "
+        "a bundle trained without DP, n/a marks the settings that only DP "
+        "training has, and `no DP` the coverage, because there is no guarantee.",
         "",
     ]
     header = [
@@ -380,29 +398,36 @@ def _privacy_section(rows: list[dict[str, Any]]) -> list[str]:
         "int8 calibration",
         "int8 covered by DP",
     ]
-    body = [
-        [
-            row["bundle"],
-            row["epsilon"],
-            row["target_epsilon"],
-            row["delta"],
-            row["noise_multiplier"],
-            row["sample_rate"],
-            row["steps"],
-            row["max_grad_norm"],
-            row.get("clipping"),
-            row["accountant"],
-            row["sampling"],
-            (
-                f"{row['int8_calibration']} ({row['int8_calibration_flows']:,})"
-                if row["int8_calibration"]
-                else None
-            ),
-            row["int8_covered_by_dp"],
-        ]
-        for row in rows
-    ]
+    body = [_ledger_row(row) for row in rows]
     return [*lines, table(header, body), ""]
+
+
+def _ledger_row(row: dict[str, Any]) -> list[Any]:
+    private = row.get("private", True)
+
+    def dp_only(value: Any) -> Any:
+        return value if private else NOT_APPLICABLE
+
+    calibration = (
+        f"{row['int8_calibration']} ({row['int8_calibration_flows']:,})"
+        if row["int8_calibration"]
+        else None
+    )
+    return [
+        row["bundle"],
+        row["epsilon"],
+        dp_only(row["target_epsilon"]),
+        dp_only(row["delta"]),
+        row["noise_multiplier"],
+        dp_only(row["sample_rate"]),
+        row["steps"],
+        dp_only(row["max_grad_norm"]),
+        dp_only(row.get("clipping")),
+        dp_only(row["accountant"]),
+        row["sampling"],
+        calibration,
+        row["int8_covered_by_dp"] if private else "no DP",
+    ]
 
 
 def _figures_section(figures: list[str]) -> list[str]:

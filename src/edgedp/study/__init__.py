@@ -3,17 +3,23 @@
 from edgedp.study.runner import (
     MODEL_FORMATS,
     ProgressListener,
+    RunFolderLockedError,
     StudyError,
     StudyResult,
+    check_training_modules,
     default_jobs,
+    lock_run_folder,
     run_study,
 )
 
 __all__ = [
     "MODEL_FORMATS",
     "ProgressListener",
+    "RunFolderLockedError",
     "StudyError",
     "StudyResult",
+    "check_training_modules",
     "default_jobs",
+    "lock_run_folder",
     "run_study",
 ]

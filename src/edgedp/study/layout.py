@@ -9,6 +9,7 @@ DIR/
   figures/*.png                  the report's figures
   run.log                        the log of every invocation
   state.json                     finished stages and their settings keys
+  run.lock                       locked while a run uses the folder, with its PID
 ```
 
 This module uses only the standard library, so the report can read a run
@@ -27,6 +28,7 @@ REPORT_JSON = "report.json"
 FIGURES = "figures"
 LOG = "run.log"
 STATE = "state.json"
+LOCK = "run.lock"
 
 
 def bundle_folder(run_dir: str | Path, cell: str) -> Path:

@@ -15,16 +15,22 @@ finished with the same settings key and its outputs are still in place:
 
 Every output is written atomically, and a stage is recorded only after its
 outputs are complete, so a run stopped by Ctrl-C resumes where it stopped.
+A run holds an exclusive lock on its folder (`run.lock`) from start to end,
+so a second run on the same folder fails at once.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import fcntl
+import importlib.util
+import json
 import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,9 +55,25 @@ MODEL_FORMATS: tuple[str, ...] = ("torch", "fp32", "int8")
 
 GRID_STAGES: tuple[str, ...] = ("train", "optimize", "evaluate")
 
+TRAINING_MODULES: tuple[str, ...] = (
+    "torch",
+    "opacus",
+    "polars",
+    "pyarrow",
+    "litert_torch",
+    "ai_edge_quantizer",
+    "sklearn",
+    "matplotlib",
+)
+"""Top-level modules of the `train` extra that the stages import."""
+
 
 class StudyError(RuntimeError):
     """A stage of the study failed; finished stages stay recorded."""
+
+
+class RunFolderLockedError(StudyError):
+    """Another process holds the run folder's lock."""
 
 
 class ProgressListener(Protocol):
@@ -123,6 +145,9 @@ def run_study(
             for the record in `state.json`.
 
     Raises:
+        ModuleNotFoundError: the `train` extra is not installed. Nothing has
+            been written then.
+        RunFolderLockedError: another run holds `out`'s lock.
         StudyError: a stage failed. Cells that finished stay recorded, so a
             rerun after the fix resumes.
         KeyboardInterrupt: the run was interrupted; a rerun resumes.
@@ -130,39 +155,114 @@ def run_study(
     jobs = default_jobs() if jobs is None else jobs
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    check_training_modules()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runner = _Runner(experiment, out, force, jobs, progress or _SilentProgress())
-
-    with _run_log(out / layout.LOG):
-        started = time.perf_counter()
-        state = runner.state
-        state.experiment = experiment.to_dict()
-        state.start_invocation({"force": force, "jobs": jobs, **(invocation or {})})
-        logger.info("run %s started (force %s, %d jobs)", out, force, jobs)
-        status = "failed"
-        try:
-            runner.run_stages()
-            status = "finished"
-        except KeyboardInterrupt:
-            status = "interrupted"
-            logger.warning("run %s interrupted; rerun the command to resume", out)
-            raise
-        finally:
-            runner.result.wall_seconds = time.perf_counter() - started
-            state.finish_invocation(status, runner.result.wall_seconds)
-            logger.info(
-                "run %s %s after %.1f s: %d stages ran, %d skipped",
-                out,
-                status,
-                runner.result.wall_seconds,
-                len(runner.result.ran),
-                len(runner.result.skipped),
-            )
-        # Written after the invocation is recorded, so the report shows its
-        # status and wall time (without the seconds the report itself takes).
-        runner.write_report()
+    with lock_run_folder(out), _run_log(out / layout.LOG):
+        runner = _Runner(experiment, out, force, jobs, progress or _SilentProgress())
+        _run(runner, experiment, force, jobs, invocation)
     return runner.result
+
+
+def _run(
+    runner: _Runner,
+    experiment: Experiment,
+    force: bool,
+    jobs: int,
+    invocation: dict[str, Any] | None,
+) -> None:
+    """Run the stages and the report, recording the invocation in `state.json`."""
+    out = runner.out
+    started = time.perf_counter()
+    state = runner.state
+
+    for stale in state.close_stale_invocations():
+        logger.warning(
+            "run %s: the invocation started %s (PID %s) ended without recording "
+            "its status, probably killed; marked interrupted",
+            out,
+            stale.get("started"),
+            stale.get("pid", "unknown"),
+        )
+    state.experiment = experiment.to_dict()
+    state.start_invocation(
+        {"force": force, "jobs": jobs, "pid": os.getpid(), **(invocation or {})}
+    )
+    logger.info("run %s started (force %s, %d jobs)", out, force, jobs)
+
+    status = "failed"
+    try:
+        runner.run_stages()
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        logger.warning("run %s interrupted; rerun the command to resume", out)
+        raise
+    finally:
+        runner.result.wall_seconds = time.perf_counter() - started
+        state.finish_invocation(status, runner.result.wall_seconds)
+        logger.info(
+            "run %s %s after %.1f s: %d stages ran, %d skipped",
+            out,
+            status,
+            runner.result.wall_seconds,
+            len(runner.result.ran),
+            len(runner.result.skipped),
+        )
+    # Written after the invocation is recorded, so the report shows its
+    # status and wall time (without the seconds the report itself takes).
+    runner.write_report()
+
+
+def check_training_modules() -> None:
+    """Check that the `train` extra is installed, before the run writes anything.
+
+    NOTE: this finds each module without importing it, because importing
+    litert_torch alone takes seconds and prints warnings. An installed but
+    broken module still fails later, in the stage that imports it.
+
+    Raises:
+        ModuleNotFoundError: a module is missing; `name` is the module's name.
+    """
+    for name in TRAINING_MODULES:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+@contextlib.contextmanager
+def lock_run_folder(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder `out`, without waiting for it.
+
+    The lock is `fcntl.flock` on `out/run.lock`, which contains the holder's
+    PID. The kernel releases it when the holder exits, even if it is killed.
+
+    Raises:
+        RunFolderLockedError: another process holds the lock.
+    """
+    path = out / layout.LOCK
+    with open(path, "a+", encoding="ascii") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "unknown"
+            raise RunFolderLockedError(
+                f"{out} is in use by another edgedp run (PID {holder}); wait for "
+                "it to finish or pass another --out folder"
+            ) from None
+        # The holder's PID is written only once the lock is ours, so a
+        # rejected run never erases it.
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(f"{os.getpid()}\n")
+        lock_file.flush()
+        try:
+            yield
+        finally:
+            lock_file.seek(0)
+            lock_file.truncate()
+            lock_file.flush()
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 class _run_log:
@@ -302,7 +402,7 @@ class _Runner:
         )
         seconds = time.perf_counter() - started
         self._done("prepare", key, inputs=inputs, seconds=seconds)
-        self.progress.finish("prepare", f"prepared {len(inputs)} files")
+        self.progress.finish("prepare", _prepared_summary(manifest))
         return _dataset_id(manifest)
 
     # 3. The grid: train, optimize, evaluate per cell.
@@ -511,6 +611,20 @@ class _Runner:
             "report: wrote %s in %.1f s", self.result.report["markdown"], seconds
         )
         self.progress.finish("report", f"wrote {self.result.report['markdown']}")
+
+
+def _prepared_summary(manifest: Path) -> str:
+    """Return how many files prepare read and set aside, from `dataset.json`."""
+    dataset = json.loads(manifest.read_text(encoding="utf-8"))
+    read = len(dataset.get("inputs", []))
+    rejected = dataset.get("rejected", [])
+    summary = f"prepared {read} {'file' if read == 1 else 'files'}"
+    if rejected:
+        summary += (
+            f", set aside {len(rejected)} unreadable "
+            f"(listed in {layout.DATASET}/dataset.json)"
+        )
+    return summary
 
 
 def _dataset_id(manifest: Path) -> str:

@@ -94,6 +94,25 @@ class RunState:
         self.invocations.append({"started": _now(), "status": "running", **details})
         self.save()
 
+    def close_stale_invocations(self) -> list[dict[str, Any]]:
+        """Mark invocations still `running` as `interrupted` and save the file.
+
+        Call this only while holding the run folder's lock. No other run is
+        active then, so a `running` record belongs to a process that was
+        killed or crashed before it could record its end.
+
+        Returns:
+            The records that were changed.
+        """
+        stale = [item for item in self.invocations if item.get("status") == "running"]
+        for item in stale:
+            item["status"] = "interrupted"
+            item["ended"] = None
+            item["note"] = "the process ended without recording its status"
+        if stale:
+            self.save()
+        return stale
+
     def finish_invocation(self, status: str, wall_seconds: float) -> None:
         """Mark the last invocation `finished`, `interrupted` or `failed`."""
         if self.invocations:
