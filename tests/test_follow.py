@@ -6,6 +6,7 @@ import gzip
 import os
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,63 @@ def test_stream_source_reads_pipe():
     assert second is not None and second.lines == [b"two"]
     assert [line for *_, line in rest] == [b"last"]
     assert source.finished
+
+
+def _truncated_gzip(iot23, path: Path) -> bytes:
+    """Write the first two thirds of a shared `.gz` log to `path`.
+
+    Returns the text that the cut data still decompresses to.
+    """
+    data = (iot23 / ZEEK_34_1).read_bytes()
+    cut = data[: len(data) * 2 // 3]
+    path.write_bytes(cut)
+    return zlib.decompressobj(wbits=31).decompress(cut)
+
+
+def test_truncated_gzip_ends_at_damage(iot23, tmp_path):
+    path = tmp_path / "conn.log.gz"
+    readable = _truncated_gzip(iot23, path)
+    complete = readable.split(b"\n")[:-1]
+    events: list[tuple[str, str]] = []
+    source = FileSource(path, on_event=lambda *event: events.append(event))
+
+    lines = _drain(source)
+
+    assert source.finished
+    assert [line for _, _, line in lines] == complete
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["corrupt_file", "partial_dropped"]
+    assert str(path) in events[0][1]
+    assert f"after line {len(complete)}" in events[0][1]
+    assert "EOFError" in events[0][1]
+
+
+def test_gzip_with_bad_header_reported(tmp_path):
+    path = tmp_path / "conn.log.gz"
+    path.write_bytes(b"#separator \\x09\nnot gzip data\n")
+    events: list[tuple[str, str]] = []
+    source = FileSource(path, on_event=lambda *event: events.append(event))
+
+    lines = _drain(source)
+
+    assert lines == []
+    assert source.finished
+    assert len(events) == 1
+    assert "before its first line" in events[0][1]
+    assert "BadGzipFile" in events[0][1]
+
+
+def test_folder_continues_after_corrupt_gzip(iot23, tmp_path):
+    _truncated_gzip(iot23, tmp_path / "conn.1.log.gz")
+    (tmp_path / "conn.2.log").write_bytes(b"#fields\tts\n1.0\n2.0\n")
+    events: list[tuple[str, str]] = []
+    source = FolderSource(tmp_path, on_event=lambda *event: events.append(event))
+
+    lines = _drain(source)
+
+    assert lines[-3:] == [
+        ("conn.2.log", 1, b"#fields\tts"),
+        ("conn.2.log", 2, b"1.0"),
+        ("conn.2.log", 3, b"2.0"),
+    ]
+    assert [kind for kind, _ in events] == ["corrupt_file", "partial_dropped"]

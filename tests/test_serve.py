@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import pytest
 
 from edgedp.bundle import INT8_MODEL, MANIFEST_NAME, write_manifest
 from edgedp.edge.serve import Gateway, ServeSettings
+from edgedp.edge.stats import ServeStats
 
 ZEEK_LOGS = {
     "34-1": "zeek/CTU-IoT-Malware-Capture-34-1.conn.log.labeled.gz",
@@ -513,3 +516,50 @@ def test_training_commands_name_extra(gateway_bundles, iot23, tmp_path, command)
 
     assert result.returncode == 2, result.stderr
     assert TRAINING_MESSAGE in " ".join(result.stdout.split() + result.stderr.split())
+
+
+def test_idle_stats_line_without_nan(caplog):
+    stats = ServeStats(interval=60.0)
+
+    with caplog.at_level(logging.INFO, logger="edgedp.edge.serve"):
+        stats.report()
+        stats.add_batch(2, 0, np.array([0.001, 0.002]))
+        stats.report()
+
+    idle, busy = (record.getMessage() for record in caplog.records)
+    assert "nan" not in idle
+    assert "latency -," in idle
+    assert "latency p50 " in busy
+
+
+def test_truncated_gzip_served(gateway_bundles, iot23, tmp_path):
+    data = (iot23 / ZEEK_LOGS["34-1"]).read_bytes()
+    cut = data[: len(data) * 2 // 3]
+    log = tmp_path / "conn.log.gz"
+    log.write_bytes(cut)
+    readable = zlib.decompressobj(wbits=31).decompress(cut)
+    complete = _data_lines(readable.rpartition(b"\n")[0])
+    alerts = tmp_path / "alerts.jsonl"
+
+    result = _serve_cli(
+        [str(gateway_bundles["classifier"]), "--input", str(log)]
+        + ["--all", "--alerts", str(alerts)]
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"ERROR {log}: the gzip data is truncated or corrupt after line" in (
+        result.stderr
+    )
+    assert len(_read_alerts(alerts)) == len(complete)
+
+
+def test_csv_input_rejected(gateway_bundles, iot23):
+    csv_log = iot23 / "csv/CTU-IoT-Malware-Capture-20-1.labeled.csv"
+
+    result = _serve_cli([str(gateway_bundles["classifier"]), "--input", str(csv_log)])
+
+    assert result.returncode == 2
+    assert f"error: {csv_log} is not a Zeek conn log" in result.stderr
+    assert "looks like a CSV export" in result.stderr
+    assert "field_count" not in result.stderr

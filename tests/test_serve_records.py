@@ -18,6 +18,7 @@ from edgedp.edge.records import (
     LineParser,
     categorical,
     flow_time,
+    foreign_format,
     needed_fields,
 )
 from edgedp.edge.verdicts import Verdicts
@@ -346,3 +347,78 @@ def test_categorical_marks_missing():
 
     assert decoded == ["tcp", None, None, "udp", "tcp", None]
     assert Counter(column.codes.tolist())[-1] == 3
+
+
+def test_field_count_counted_like_inspect(iot23, tmp_path):
+    from edgedp.data.inspect import inspect_logs
+
+    name = "zeek/CTU-IoT-Malware-Capture-42-1.conn.log.labeled"
+    lines = (iot23 / name).read_bytes().split(b"\n")
+    first_data = next(i for i, line in enumerate(lines) if line[:1] not in (b"#", b""))
+    lines[first_data] += b"\textra"
+    path = tmp_path / "conn.log"
+    path.write_bytes(b"\n".join(lines))
+    details: list[str] = []
+    parser = LineParser(
+        FIELDS, on_bad_line=lambda reason, source, line, detail: details.append(detail)
+    )
+
+    _parse_file(parser, path)
+    (report,) = inspect_logs([path])
+
+    assert details == ["wrong field count: expected 23, found 24"]
+    assert report.skipped.examples == [f"conn.log:{first_data + 1}: {details[0]}"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([b"#separator \\x09", b"#fields\tts"], None),
+        ([b'{"ts": 1.0, "uid": "C1"}'], None),
+        ([b"", GOOD], None),
+        ([], None),
+        ([b"ts,uid,id.orig_h", b"1.0,C1,10.0.0.1"], "looks like a CSV export"),
+        ([b"\x00\x01\x02\xff", b"more"], "NUL bytes"),
+        ([b"\xff\xfe\xfd binary"], "not UTF-8 text"),
+        ([b"\x1f\x8b\x08\x00"], "gzip-compressed"),
+        ([b"a\tb\tc"], "3 tab-separated fields"),
+        ([None], "longer than the maximum line length"),
+        ([b"hello world"], "neither a Zeek header line"),
+    ],
+)
+def test_foreign_format_cases(lines, expected):
+    description = foreign_format(lines)
+
+    if expected is None:
+        assert description is None
+    else:
+        assert description is not None
+        assert expected in description
+
+
+def test_labeled_line_without_header_is_conn_log(iot23):
+    path = iot23 / "zeek/CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    data = [line for line in path.read_bytes().split(b"\n") if line[:1] != b"#"]
+
+    assert foreign_format(data) is None
+
+
+def test_csv_export_noticed_once(iot23):
+    path = iot23 / "csv/CTU-IoT-Malware-Capture-20-1.labeled.csv"
+    recorder = Recorder()
+    parser = recorder.parser()
+
+    source = FileSource(path)
+    flows = 0
+    while not source.finished:
+        chunk = source.read(0)
+        if chunk is not None:
+            flows += len(parser.parse(chunk))
+
+    foreign = [notice for notice in recorder.notices if "not a Zeek conn log" in notice]
+    assert flows == 0
+    assert len(foreign) == 1
+    assert foreign[0].startswith("CTU-IoT-Malware-Capture-20-1.labeled.csv is not")
+    assert "looks like a CSV export" in foreign[0]
+    assert "looks like a CSV export" in parser.foreign_input
+    assert {reason for reason, _ in recorder.bad} == {"field_count"}

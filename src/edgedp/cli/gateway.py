@@ -28,7 +28,8 @@ _DESCRIPTION = (
     "Classify the flows of a Zeek conn.log with a bundle and write one JSON "
     "line per alert. Exits 0 when the input ends or on SIGTERM/SIGINT (pending "
     "flows are classified first), 1 when the alert output closes, 2 on invalid "
-    "options or a bundle that fails verification."
+    "options, a bundle that fails verification, or an input file (read once) "
+    "that is not a Zeek conn log."
 )
 
 

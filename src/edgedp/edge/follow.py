@@ -23,6 +23,7 @@ import logging
 import os
 import select
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,12 @@ class _SplitterSource:
         return Chunk(lines, self._source, first, self._generation)
 
 
+DECOMPRESSION_ERRORS: tuple[type[Exception], ...] = (EOFError, zlib.error, OSError)
+"""What reading a truncated or corrupt gzip file raises: `EOFError` when the
+data ends early, `zlib.error` for corrupt deflate data, and `OSError`, which
+includes `gzip.BadGzipFile` for a bad header or checksum."""
+
+
 def _open_log(path: Path) -> BinaryIO:
     if path.suffix == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
@@ -197,8 +204,13 @@ class FileSource(_SplitterSource):
         from_end: start at the end of the existing data, after reading the
             leading header lines (`#...`) so that the field layout is known.
         on_event: called with `(kind, message)` for `rotated`, `truncated`,
-            `partial_dropped` and `waiting` events; the caller counts and
-            logs them.
+            `partial_dropped`, `waiting` and `corrupt_file` events; the
+            caller counts and logs them.
+
+    A `.gz` file whose data is truncated or corrupt ends at the last line
+    that decompressed completely. The source reports `corrupt_file` (and
+    `partial_dropped` for an unfinished line) and finishes as if the file
+    ended there, instead of raising.
     """
 
     def __init__(
@@ -213,7 +225,8 @@ class FileSource(_SplitterSource):
     ) -> None:
         super().__init__(max_line_bytes)
         self.path = Path(path)
-        self.follow = follow and self.path.suffix != ".gz"
+        self.compressed = self.path.suffix == ".gz"
+        self.follow = follow and not self.compressed
         self.poll_interval = poll_interval
         self._on_event = on_event or (lambda kind, message: None)
         self._handle: BinaryIO | None = None
@@ -285,13 +298,42 @@ class FileSource(_SplitterSource):
         """Return the lines of the next block, or None at the end of the data."""
         assert self._handle is not None
         while True:
-            data = self._handle.read(READ_SIZE)
+            data = self._read_block()
             if not data:
                 return None
             self._position += len(data)
             chunk = self._chunk(self._splitter.feed(data))
             if chunk is not None:
                 return chunk
+
+    def _read_block(self) -> bytes:
+        """Read the next block; a damaged `.gz` file ends at its damage."""
+        assert self._handle is not None
+        if not self.compressed:
+            return self._handle.read(READ_SIZE)
+        try:
+            # `read1` decompresses at most one buffer, so no data that
+            # decompressed before the damage is lost with the exception.
+            return self._handle.read1(READ_SIZE)  # type: ignore[attr-defined]
+        except DECOMPRESSION_ERRORS as error:
+            self._report_corrupt(error)
+            return b""
+
+    def _report_corrupt(self, error: Exception) -> None:
+        lines = self._splitter.lines_seen
+        place = f"after line {lines}" if lines else "before its first line"
+        self._on_event(
+            "corrupt_file",
+            f"{self.path}: the gzip data is truncated or corrupt {place} "
+            f"({type(error).__name__}: {error}); the rest of the file is skipped",
+        )
+        dropped = self._splitter.reset()
+        if dropped:
+            self._on_event(
+                "partial_dropped",
+                f"{self.path}:{lines + 1}: dropped an unfinished line of "
+                f"{dropped} bytes that the damaged gzip data cut off",
+            )
 
     def _check_rotation(self) -> Chunk | None:
         """Detect rotation or truncation at the end of the data."""
@@ -363,10 +405,19 @@ def rotated_logs(folder: str | Path) -> list[Path]:
 
 
 class FolderSource:
-    """The conn logs of a folder, one after another (see `rotated_logs`)."""
+    """The conn logs of a folder, one after another (see `rotated_logs`).
+
+    `on_event` receives the events of each file's `FileSource`, and an
+    `unreadable_file` event for a file that cannot be opened, which is
+    skipped.
+    """
 
     def __init__(
-        self, folder: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+        self,
+        folder: str | Path,
+        *,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        on_event: Callable[[str, str], None] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.files = rotated_logs(self.folder)
@@ -375,6 +426,7 @@ class FolderSource:
                 f"no conn logs (files named *conn.*) found under {self.folder}"
             )
         self._max_line_bytes = max_line_bytes
+        self._on_event = on_event
         self._index = -1
         self._current: FileSource | None = None
         self._generation_offset = 0
@@ -404,7 +456,16 @@ class FolderSource:
         if self._index < len(self.files):
             path = self.files[self._index]
             log.info("reading %s", path)
-            self._current = FileSource(path, max_line_bytes=self._max_line_bytes)
+            try:
+                self._current = FileSource(
+                    path, max_line_bytes=self._max_line_bytes, on_event=self._on_event
+                )
+            except OSError as error:
+                message = f"{path}: cannot be opened ({error}); skipped"
+                if self._on_event is None:
+                    log.error("%s", message)
+                else:
+                    self._on_event("unreadable_file", message)
 
     def close(self) -> None:
         if self._current is not None:

@@ -163,6 +163,77 @@ def flow_time(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+class InputFormatError(ValueError):
+    """An input file that is not a Zeek conn log in TSV or JSON."""
+
+
+_SNIFF_LINES = 20
+"""Leading lines of a file that `foreign_format` looks at."""
+
+_EXPECTED_FORMAT = (
+    "serve reads Zeek conn logs as Zeek writes them: tab-separated with "
+    "#separator and #fields header lines, or JSON objects, one per line"
+)
+
+_CSV_HINT = (
+    "serve the original conn.log, or convert the CSV to TSV with a #fields "
+    "line (docs/gateway.md, section Bad input, shows a command)"
+)
+
+
+def foreign_format(lines: Sequence[bytes | None]) -> str | None:
+    """Describe why the first lines of a file are not a Zeek conn log.
+
+    Returns None for a Zeek TSV header, a JSON object, or a conn.log line
+    without a header (21 tab-separated fields, or 23 with IoT-23's
+    labels), and for a file with no line yet. Otherwise returns what the
+    lines look like and what serve reads, without the file name.
+    """
+    sample = [line for line in lines[:_SNIFF_LINES] if line is None or line.strip()]
+    if not sample:
+        return None
+    first = sample[0]
+    if first is None:
+        return (
+            "its first line is longer than the maximum line length, so it is "
+            f"not a Zeek log; {_EXPECTED_FORMAT}"
+        )
+    if first.startswith(b"\x1f\x8b"):
+        return (
+            "it is gzip-compressed, but its name does not end in .gz; rename "
+            "it to end in .gz or decompress it"
+        )
+    if any(line is not None and b"\x00" in line for line in sample):
+        return f"it contains NUL bytes, so it is binary data; {_EXPECTED_FORMAT}"
+    try:
+        text = first.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return f"its first line is not UTF-8 text; {_EXPECTED_FORMAT}"
+    if text.startswith(("#", "{")):
+        return None
+
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    if "\t" in text:
+        found = len(zeek.split_line(text, zeek.Header(label_quirk=True)))
+        if found in (len(zeek.CONN_FIELDS), len(zeek.LABELED_CONN_FIELDS)):
+            return None
+        return (
+            f"it has no #fields header, and its first line has {found} "
+            f"tab-separated fields, not the {len(zeek.CONN_FIELDS)} "
+            f"({len(zeek.LABELED_CONN_FIELDS)} with IoT-23's labels) of a "
+            f"standard conn.log; add the #fields line that names them"
+        )
+    if "," in text:
+        return (
+            f"it looks like a CSV export (first line {shown!r}); "
+            f"{_EXPECTED_FORMAT}; {_CSV_HINT}"
+        )
+    return (
+        f"its first line {shown!r} is neither a Zeek header line, a conn.log "
+        f"line nor a JSON object; {_EXPECTED_FORMAT}"
+    )
+
+
 def needed_fields(feature_set: str) -> tuple[str, ...]:
     """Return the fields that the encoder and the alerts read."""
     return tuple(dict.fromkeys(ENDPOINT_FIELDS + encoder.input_fields(feature_set)))
@@ -219,6 +290,10 @@ class LineParser:
         self._format: str | None = None
         self._header: zeek.Header | None = None
         self._layout: _Layout | None = None
+        self._sniffed = False
+        self.foreign_input: str | None = None
+        """What the current file looks like when it is not a Zeek conn log
+        (see `foreign_format`), else None."""
 
     def parse(self, chunk: Chunk) -> FlowColumns:
         """Return the flows of a chunk; bad lines are reported and skipped."""
@@ -227,6 +302,10 @@ class LineParser:
             self._format = None if self.log_format == AUTO else self.log_format
             self._header = None
             self._layout = None
+            self._sniffed = False
+            self.foreign_input = None
+        if not self._sniffed:
+            self._sniff(chunk)
 
         parts: list[FlowColumns] = []
         for text, numbers in self._data_runs(chunk):
@@ -241,6 +320,18 @@ class LineParser:
         if not parts:
             return self._empty()
         return FlowColumns.concat(parts)
+
+    def _sniff(self, chunk: Chunk) -> None:
+        """Check once per file that its first lines are a Zeek conn log."""
+        if not any(line is None or line.strip() for line in chunk.lines):
+            return
+        self._sniffed = True
+        self.foreign_input = foreign_format(chunk.lines)
+        if self.foreign_input is not None:
+            self._on_notice(
+                f"{chunk.source} is not a Zeek conn log: {self.foreign_input}. "
+                "Its lines are still read, and the bad ones counted."
+            )
 
     def _empty(self) -> FlowColumns:
         columns: dict[str, Any] = {
@@ -424,7 +515,7 @@ class LineParser:
                     "field_count",
                     chunk.source,
                     int(numbers[index]),
-                    f"{len(row)} fields, but #fields names {layout.parts}",
+                    _field_count_message(line, layout.header),
                 )
         if not rows:
             return None, numbers[:0]
@@ -529,6 +620,19 @@ class _Layout:
     """Part index of each parsed field."""
     split_quirk: bool
     """Replace IoT-23's three spaces with the separator before splitting."""
+
+
+def _field_count_message(line: str, header: zeek.Header) -> str:
+    """Describe a wrong field count as `edgedp inspect` does.
+
+    Both count the fields of `#fields` and split IoT-23's label columns,
+    which are joined by three spaces in place of the separator, into
+    separate fields. So a labeled line is expected to have 23 fields.
+    """
+    if header.label_quirk:
+        line = line.replace(zeek.IOT23_LABEL_SEPARATOR, header.separator)
+    found = line.count(header.separator) + 1
+    return f"wrong field count: expected {len(header.fields)}, found {found}"
 
 
 def _split_columns(

@@ -49,8 +49,10 @@ from edgedp.edge.records import (
     FORMATS,
     MISSING_MARKERS,
     FlowColumns,
+    InputFormatError,
     LineParser,
     categorical,
+    foreign_format,
     needed_fields,
 )
 from edgedp.edge.stats import RateLimitedWarnings, ServeStats
@@ -168,6 +170,8 @@ def open_source(settings: ServeSettings, on_event: Any) -> LineSource:
 
     Raises:
         FileNotFoundError: the input does not exist (and is not followed).
+        InputFormatError: the input is one file, read once, whose first
+            lines are not a Zeek conn log (see `records.foreign_format`).
         ValueError: `follow` with a folder.
     """
     if settings.input == STDIN:
@@ -180,7 +184,11 @@ def open_source(settings: ServeSettings, on_event: Any) -> LineSource:
                 f"serve {path}/conn.log with --follow, or drop --follow to read "
                 "the rotated logs once"
             )
-        return FolderSource(path, max_line_bytes=settings.max_line_bytes)
+        return FolderSource(
+            path, max_line_bytes=settings.max_line_bytes, on_event=on_event
+        )
+    if not settings.follow:
+        check_log_format(path, settings.max_line_bytes)
     return FileSource(
         path,
         follow=settings.follow,
@@ -191,6 +199,25 @@ def open_source(settings: ServeSettings, on_event: Any) -> LineSource:
     )
 
 
+def check_log_format(path: Path, max_line_bytes: int) -> None:
+    """Read the first block of a log file and check that it is a Zeek conn log.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        InputFormatError: the first lines are not a Zeek TSV or JSON log.
+    """
+    source = FileSource(path, max_line_bytes=max_line_bytes)
+    try:
+        chunk = source.read(0)
+    finally:
+        source.close()
+    if chunk is None:
+        return
+    description = foreign_format(chunk.lines)
+    if description is not None:
+        raise InputFormatError(f"{path} is not a Zeek conn log: {description}")
+
+
 class Gateway:
     """One serve run: the bundle, the model, the input and the alert output.
 
@@ -198,6 +225,8 @@ class Gateway:
         BundleError: the bundle is altered, made for another encoder, or
             lacks the model format.
         FileNotFoundError: the input does not exist.
+        InputFormatError: the input is one file, not followed, that is not
+            a Zeek conn log.
     """
 
     def __init__(
@@ -378,6 +407,9 @@ class Gateway:
 
     def _bad_line(self, reason: str, source: str, line: int, detail: str) -> None:
         self.stats.add_bad_line(reason)
+        if self.parser.foreign_input is not None:
+            # The parser already logged one notice that this file is not a conn log.
+            return
         self.warnings.warn("%s:%d: skipped line (%s): %s", source, line, reason, detail)
 
     def _absurd_value(self, field: str, source: str, line: int, value: float) -> None:
@@ -398,6 +430,8 @@ class Gateway:
         if kind == "partial_dropped":
             self.stats.add_bad_line("truncated")
             log.warning("%s", message)
+        elif kind in ("corrupt_file", "unreadable_file"):
+            log.error("%s", message)
         else:
             log.info("%s", message)
 

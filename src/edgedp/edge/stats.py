@@ -150,18 +150,21 @@ class ServeStats:
         """
         now = time.monotonic() if now is None else now
         elapsed = max(now - self._window_start, 1e-9)
-        p50 = self._window_latency.percentile(50) * 1000
-        p99 = self._window_latency.percentile(99) * 1000
+        if self._window_latency.total:
+            p50 = self._window_latency.percentile(50) * 1000
+            p99 = self._window_latency.percentile(99) * 1000
+            latency = f"p50 {p50:.1f} ms p99 {p99:.1f} ms"
+        else:
+            latency = "-"
         log.info(
             "%d flows in %.1f s (%.0f flows/s), %d alerts, %d bad lines, "
-            "latency p50 %.1f ms p99 %.1f ms, %d flows pending",
+            "latency %s, %d flows pending",
             self._window_flows,
             elapsed,
             self._window_flows / elapsed,
             self._window_alerts,
             self._window_bad,
-            p50,
-            p99,
+            latency,
             pending,
         )
         self._window_start = now
