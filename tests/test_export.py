@@ -292,3 +292,29 @@ def test_synthetic_flows_for_unknown_features_are_uniform():
     assert flows.min() >= 0.0
     assert flows.max() <= 1.0
     assert 0.3 < flows.mean() < 0.7
+
+
+def test_auto_falls_back_to_validation(bundles, monkeypatch, caplog):
+    path = bundles.copy(bundles.classifier, "auto-fallback")
+    manifest = _manifest(path)
+    manifest["privacy"] = {**manifest["privacy"], "private": True}
+    write_manifest(path / MANIFEST_NAME, manifest)
+    # Any int8 score, even one above float32's, now counts as too low.
+    monkeypatch.setattr("edgedp.export.AUTO_MAX_LOSS", -1.0)
+
+    with caplog.at_level("WARNING", logger="edgedp.export"):
+        optimize_bundle(path, force=True)
+
+    recorded = _manifest(path)
+    calibration = recorded["formats"]["int8"]["calibration"]
+    assert "calibrating on validation flows instead" in caplog.text
+    assert calibration["source"] == "validation"
+    assert calibration["fallback_from"] == "synthetic"
+    assert calibration["synthetic_validation_loss"] >= 0.0
+    assert recorded["privacy"]["calibration"]["source"] == "validation"
+    assert recorded["privacy"]["calibration"]["covered_by_dp"] is False
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="edgedp.export"):
+        optimize_bundle(path)
+    assert "up to date" in caplog.text

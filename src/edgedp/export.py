@@ -94,6 +94,10 @@ AUTO_CALIBRATION = "auto"
 DEFAULT_CALIBRATION = AUTO_CALIBRATION
 """`auto` picks `synthetic` for a DP-trained bundle and `validation` for a
 non-private one (see `resolve_calibration`)."""
+AUTO_MAX_LOSS = 0.01
+"""Largest drop of int8's validation score below float32's (accuracy or
+ROC-AUC, as a fraction) that `auto` accepts from synthetic calibration before
+it calibrates on validation flows instead."""
 DEFAULT_CALIBRATION_SIZE = 1000
 """Calibration flows; the accuracy table in docs/shrinking.md was measured
 with this many."""
@@ -482,6 +486,8 @@ def resolve_calibration(bundle: Bundle, calibration: str) -> str:
     model under the DP guarantee. For the plain autoencoder it cost 1.1
     points of ROC-AUC. A non-private bundle has no guarantee to keep, so
     it gets the validation flows, which cost it 0.2 points.
+    `optimize_bundle` may still replace synthetic with validation flows
+    when the int8 model scores too low (`AUTO_MAX_LOSS`).
 
     Raises:
         CalibrationError: an unknown source.
@@ -513,7 +519,10 @@ def _is_current(
         return False
     if formats.get("source_weights_sha256") != files[TORCH_WEIGHTS]["sha256"]:
         return False
-    recorded = formats.get("int8", {}).get("calibration", {})
+    recorded = dict(formats.get("int8", {}).get("calibration", {}))
+    if "fallback_from" in recorded:
+        # `auto` asked for the source it fell back from.
+        recorded["source"] = recorded["fallback_from"]
     return all(recorded.get(key) == value for key, value in calibration.items())
 
 
@@ -557,11 +566,13 @@ def optimize_bundle(
             f"{bundle.root} has no {TORCH_WEIGHTS}, so there is nothing to "
             "convert; retrain the bundle with `edgedp train`"
         )
+    automatic = calibration == AUTO_CALIBRATION
     calibration = resolve_calibration(bundle, calibration)
     requested = {
         "source": calibration,
         "requested_size": calibration_size,
         "seed": seed,
+        "auto": automatic,
     }
     named_dataset = None
     if isinstance(data, PreparedDataset):
@@ -593,7 +604,38 @@ def optimize_bundle(
 
     validation = dataset.split("validation")
     formats = _score_formats(bundle, model, fp32_content, int8_content, validation)
-    formats["int8"]["calibration"] = {**requested, "size": len(flows)}
+    recorded = {**requested, "size": len(flows)}
+
+    loss = _int8_loss(formats)
+    if automatic and calibration == "synthetic" and loss > AUTO_MAX_LOSS:
+        # Synthetic flows can miss activation ranges that real flows reach,
+        # and the int8 model then saturates. Validation flows are not
+        # training rows, so the training rows stay covered (see
+        # CALIBRATION_SOURCES).
+        logger.warning(
+            "int8 from synthetic calibration scores %.4f below float32 on "
+            "validation flows; calibrating on validation flows instead",
+            loss,
+        )
+        calibration = "validation"
+        flows = calibration_features(
+            calibration,
+            size=calibration_size,
+            n_features=n_features,
+            dataset=dataset,
+            feature_names=bundle.manifest.get("feature_names"),
+            seed=seed,
+        )
+        int8_content = _strip_names(quantize_int8(fp32_named, flows))
+        formats = _score_formats(bundle, model, fp32_content, int8_content, validation)
+        recorded = {
+            **requested,
+            "source": calibration,
+            "size": len(flows),
+            "fallback_from": "synthetic",
+            "synthetic_validation_loss": loss,
+        }
+    formats["int8"]["calibration"] = recorded
     formats["source_weights_sha256"] = bundle.manifest["files"][TORCH_WEIGHTS]["sha256"]
     formats["validation_flows"] = len(validation)
     formats["dataset"] = str(dataset.root)
@@ -607,6 +649,8 @@ def optimize_bundle(
         "covered_by_dp": source.covered_by_dp,
         "effect": source.effect,
     }
+    if "fallback_from" in recorded:
+        privacy["calibration"]["fallback_from"] = recorded["fallback_from"]
 
     updated = add_files(
         bundle,
@@ -625,6 +669,15 @@ def optimize_bundle(
         bundle.root,
     )
     return updated
+
+
+def _int8_loss(formats: dict[str, Any]) -> float:
+    """Return how far int8's validation score is below float32's (0 if above)."""
+    fp32_score = next(iter(formats["fp32"]["validation"].values()))
+    int8_score = next(iter(formats["int8"]["validation"].values()))
+    if fp32_score is None or int8_score is None:
+        return 0.0
+    return max(0.0, float(fp32_score) - float(int8_score))
 
 
 def _bytes_writer(content: bytes):
