@@ -586,15 +586,20 @@ def optimize_bundle(
     model = load_torch_model(bundle)
     n_features = model.spec.input_dim
     dataset = open_dataset(bundle, data)
-    flows = calibration_features(
-        calibration,
-        size=calibration_size,
-        n_features=n_features,
-        dataset=dataset,
-        feature_names=bundle.manifest.get("feature_names"),
-        seed=seed,
-    )
-    _check_width(flows, n_features)
+
+    def calibrate(source: str) -> np.ndarray:
+        flows = calibration_features(
+            source,
+            size=calibration_size,
+            n_features=n_features,
+            dataset=dataset,
+            feature_names=bundle.manifest.get("feature_names"),
+            seed=seed,
+        )
+        _check_width(flows, n_features)
+        return flows
+
+    flows = calibrate(calibration)
 
     logger.info("converting %s to LiteRT float32", bundle.root)
     fp32_named = convert_fp32(model, n_features)
@@ -618,14 +623,7 @@ def optimize_bundle(
             loss,
         )
         calibration = "validation"
-        flows = calibration_features(
-            calibration,
-            size=calibration_size,
-            n_features=n_features,
-            dataset=dataset,
-            feature_names=bundle.manifest.get("feature_names"),
-            seed=seed,
-        )
+        flows = calibrate(calibration)
         int8_content = _strip_names(quantize_int8(fp32_named, flows))
         formats = _score_formats(bundle, model, fp32_content, int8_content, validation)
         recorded = {
