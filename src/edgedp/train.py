@@ -50,10 +50,11 @@ DEFAULT_LEARNING_RATE: dict[str, float] = {"ff": 1e-2, "ae": 1e-2}
 # False-positive rate on benign validation flows that picks the autoencoder's
 # second threshold; the first is the study's fixed 0.16.
 DEFAULT_TARGET_FPR = 0.01
-# Intra-op threads. The layers are at most 128 wide, so a second thread
-# gains little. When another process shares the cores, OpenMP threads that
-# wait for each other slow training several times over, as
-# benchmarks/bench_train.py shows by measuring 1 and 2 threads side by side.
+# Intra-op threads. On an idle 2-core machine a second thread made DP
+# training 1.2 to 1.6 times faster at batches of 2048 and 4096, but when
+# another process shares the cores, OpenMP threads that wait for each other
+# slow it several times over (benchmarks/bench_train.py measures both).
+# `edgedp run` trains grid cells in parallel processes, so one thread each.
 DEFAULT_THREADS = 1
 TRAIN_LOG = "train.log"
 
