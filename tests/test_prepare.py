@@ -298,3 +298,13 @@ def test_excluded_counts_each_flow_once(iot23, tmp_path):
 
     assert dataset.manifest["excluded"] == {"C&C-Torii": 16}
     assert dataset.manifest["duplicates_dropped"] == 3193
+
+
+def test_absent_classes_and_single_class_warned(iot23, tmp_path, caplog):
+    honeypot = iot23 / "zeek" / "CTU-Honeypot-Capture-5-1.conn.log.labeled"
+
+    dataset = prepare_dataset([honeypot], tmp_path / "benign")
+
+    assert dataset.classes == ["Benign"]
+    assert "dropping class Okiru: no input flow has this class" in caplog.text
+    assert "only class Benign is left" in caplog.text

@@ -430,11 +430,20 @@ def _write_splits(
     short = splits.empty_classes(assignment, kept_labels, classes)
     kept_classes = [name for name in classes if name not in short]
     for name, counts in short.items():
+        if not any(counts.values()):
+            log.warning("dropping class %s: no input flow has this class", name)
+            continue
         log.warning(
             "dropping class %s: the %s split leaves a split without its flows (%s)",
             name,
             split,
             ", ".join(f"{s} {n}" for s, n in counts.items()),
+        )
+    if len(kept_classes) == 1:
+        log.warning(
+            "only class %s is left, so a classifier has nothing to tell apart; "
+            "add logs with other classes",
+            kept_classes[0],
         )
     if not kept_classes:
         raise PrepareError(
