@@ -12,7 +12,7 @@ import pytest
 from edgedp import config
 from edgedp.bundle import BundleError, load_bundle
 from edgedp.dataset import MANIFEST_NAME
-from edgedp.evaluate import evaluate_bundle
+from edgedp.evaluate import evaluate_bundle, score_outputs
 from edgedp.metrics import classification_metrics
 from edgedp.train import train_bundle
 
@@ -135,3 +135,16 @@ def test_cli_evaluate_prints_and_records(autoencoder):
     assert "roc_auc" in stored["torch"]
     # Only evaluation records the dataset; training's own entry does not.
     assert stored["torch"]["dataset"] == autoencoder.manifest["dataset"]["path"]
+
+
+def test_single_class_predictions_warned(caplog):
+    labels = np.array([0, 0, 1, 2])
+    outputs = np.tile(np.array([[0.9, 0.05, 0.05]], dtype=np.float32), (4, 1))
+
+    with caplog.at_level("WARNING", logger="edgedp.evaluate"):
+        metrics = score_outputs(
+            "classifier", ["Benign", "DDoS", "C&C"], labels, outputs, {}
+        )
+
+    assert "predicts only Benign for these 4 flows" in caplog.text
+    assert metrics["accuracy"] == 0.5

@@ -83,6 +83,14 @@ def score_outputs(
     from edgedp.models import CLASSIFIER
 
     if kind == CLASSIFIER:
+        predicted = np.unique(np.argmax(outputs, axis=1))
+        if len(predicted) == 1 and len(np.unique(labels)) > 1:
+            logger.warning(
+                "the classifier predicts only %s for these %d flows; train longer, "
+                "with a larger learning rate or a larger epsilon",
+                classes[int(predicted[0])],
+                len(labels),
+            )
         return classification_metrics(labels, outputs, classes)
 
     benign = classes.index(config.BENIGN_CLASS)
