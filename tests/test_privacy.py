@@ -41,7 +41,7 @@ def _settings(**changes):
         ({"target_epsilon": math.nan}, "epsilon must be a positive number"),
         ({"target_delta": 0.0}, "delta must be above 0"),
         ({"target_delta": 1e-4}, r"below 1/N = 0.0001 for N = 10000"),
-        ({"target_delta": 0.5}, "choose a smaller delta"),
+        ({"target_delta": 0.5}, "pass a smaller --delta"),
         ({"max_grad_norm": 0.0}, "clipping norm"),
         ({"max_grad_norm": math.inf}, "clipping norm"),
         ({"epochs": 0}, "epochs must be at least 1"),

@@ -268,6 +268,10 @@ def test_cli_interrupt_leaves_no_bundle(prepared_iot23, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A shell that starts this suite in the background ignores SIGINT,
+        # and children inherit that; Python only handles SIGINT left at the
+        # default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
     # Wait until training has started, then press Ctrl-C.
