@@ -14,6 +14,7 @@ imports it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -104,8 +105,6 @@ def load_bundle(
         BundleError: the manifest is missing or unreadable, a listed file is
             missing or altered, or the encoder version is not supported.
     """
-    import json
-
     root = Path(path)
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -163,8 +162,6 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
     example swapped class names), which file hashes alone would miss. It is
     not a signature: anyone who can write the folder can recompute it.
     """
-    import json
-
     content = {k: v for k, v in manifest.items() if k != MANIFEST_DIGEST}
     text = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -18,6 +18,18 @@ import numpy as np
 ERROR_HISTOGRAM_EDGES: tuple[float, ...] = (0.0, *np.geomspace(1e-6, 1.0, 49))
 ERROR_QUANTILES: tuple[float, ...] = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 
+CLASSIFIER_SUMMARY: tuple[str, ...] = (
+    "accuracy",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+)
+"""Keys of `classification_metrics` that summarize a classifier, in the order
+that tables show them."""
+
 
 def _check_rows(name: str, values: np.ndarray, rows: int) -> None:
     if len(values) != rows:

@@ -66,15 +66,9 @@ def _ledger_table(ledger: dict[str, Any]) -> Table:
 def _metrics_tables(title: str, metrics: dict[str, Any]) -> list[Table]:
     summary = Table(title=title, show_header=False)
     if "accuracy" in metrics:
-        for key in (
-            "accuracy",
-            "precision_weighted",
-            "recall_weighted",
-            "f1_weighted",
-            "precision_macro",
-            "recall_macro",
-            "f1_macro",
-        ):
+        from edgedp.metrics import CLASSIFIER_SUMMARY
+
+        for key in CLASSIFIER_SUMMARY:
             summary.add_row(key, f"{metrics[key]:.4f}")
         per_class = Table(title="per class")
         for column in ("class", "precision", "recall", "f1", "support"):

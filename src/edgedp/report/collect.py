@@ -20,18 +20,11 @@ from typing import Any
 
 from edgedp.bundle import MANIFEST_NAME
 from edgedp.experiment import TrainingRun
+from edgedp.metrics import CLASSIFIER_SUMMARY
 from edgedp.report import published
 from edgedp.study import layout
 
-CLASSIFIER_METRICS: tuple[str, ...] = (
-    "accuracy",
-    "precision_weighted",
-    "recall_weighted",
-    "f1_weighted",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-)
+CLASSIFIER_METRICS = CLASSIFIER_SUMMARY
 AUTOENCODER_METRICS: tuple[str, ...] = (
     "roc_auc",
     "pr_auc",
