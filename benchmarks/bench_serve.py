@@ -24,7 +24,7 @@ a naive baseline in the same run:
 
 The bundle is trained and converted by this script (`--epochs`) unless
 `--bundle` names one. Each throughput case runs `--repeats` times and the
-median is reported; the load average before and after tells whether other
+median is reported. The load average before and after shows whether other
 jobs shared the machine.
 
 Usage: python benchmarks/bench_serve.py [--rows N] [--repeats N] [--rate N]

@@ -128,7 +128,7 @@ def test_json_lines_encode_like_tsv(iot23):
             elif value not in ("-", "(empty)"):
                 record[name] = value
         records.append(record)
-    # Zeek writes ISO 8601 timestamps when LogAscii::json_timestamps asks it to.
+    # Zeek writes ISO 8601 timestamps when LogAscii::json_timestamps is set.
     records[0]["ts"] = datetime.fromtimestamp(records[0]["ts"], UTC).isoformat()
     lines = [json.dumps(record).encode() for record in records]
 

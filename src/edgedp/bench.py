@@ -165,7 +165,7 @@ def bench_bundle(
             )
         name = VARIANT_FILES[variant]
         if name is not None:
-            # Raises a BundleError whose message tells to run `edgedp optimize`.
+            # Raises a BundleError that names `edgedp optimize` as the fix.
             bundle.path(name)
 
     features, features_source = _bench_features(bundle, samples, seed)

@@ -58,9 +58,9 @@ SPLIT_METHOD = "random"
 # both models. The training benchmark chose it.
 BATCH_SIZE = 2048
 
-# Flows that calibrate the int8 ranges, and where they come from
-# (`validation`, `train`, `synthetic`, or `auto`: synthetic for DP-trained
-# bundles, validation for non-private ones; see docs/shrinking.md).
+# Source of the flows that calibrate the int8 ranges: `validation`, `train`,
+# `synthetic` or `auto`. `auto` picks synthetic flows for DP-trained bundles
+# and validation flows for non-private ones (docs/shrinking.md).
 CALIBRATION_SOURCE = "auto"
 CALIBRATION_SIZE = 1000
 
@@ -87,9 +87,9 @@ QUICK_PROFILE: dict[str, dict[str, object]] = {
     "train": {
         "seeds": (0,),
         "epsilons": (None, 1.0),
-        # A few thousand rows with batches of 2048 means sampling rates near
-        # 0.5, where calibrating the noise multiplier is slow and DP-SGD
-        # learns little; smaller batches suit the sample.
+        # A few thousand rows with batches of 2048 give sampling rates near
+        # 0.5. Calibrating the noise multiplier is slow there and DP-SGD
+        # learns little, so the sample gets smaller batches.
         "classifier": {"epochs": 3, "batch_size": 256},
         "autoencoder": {"epochs": 5, "batch_size": 256},
     },

@@ -477,8 +477,8 @@ def torch_outputs(model, features: np.ndarray) -> np.ndarray:
 def resolve_calibration(bundle: Bundle, calibration: str) -> str:
     """Return the calibration source to use; `auto` depends on the ledger.
 
-    `auto` is `synthetic` for a bundle whose privacy ledger says it was
-    trained with DP, or that has no ledger, and `validation` for a
+    `auto` is `synthetic` for a bundle whose privacy ledger records DP
+    training, or that has no ledger, and `validation` for a
     non-private bundle. The choice follows the measurements in
     docs/shrinking.md (benchmarks/bench_calibration.py). On the IoT-23
     samples, synthetic calibration scored within 0.1 percentage point of

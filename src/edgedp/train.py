@@ -51,10 +51,10 @@ DEFAULT_LEARNING_RATE: dict[str, float] = {"ff": 1e-2, "ae": 1e-2}
 # second threshold; the first is the study's fixed 0.16.
 DEFAULT_TARGET_FPR = 0.01
 # Intra-op threads. On an idle 2-core machine a second thread made DP
-# training 1.2 to 1.6 times faster at batches of 2048 and 4096, but when
-# another process shares the cores, OpenMP threads that wait for each other
-# slow it several times over (benchmarks/bench_train.py measures both).
-# `edgedp run` trains grid cells in parallel processes, so one thread each.
+# training 1.2 to 1.6 times faster at batches of 2048 and 4096. When another
+# process shares the cores, OpenMP threads that wait for each other slow it
+# several times over (benchmarks/bench_train.py measures both). `edgedp run`
+# trains grid cells in parallel processes, so each gets one thread.
 DEFAULT_THREADS = 1
 TRAIN_LOG = "train.log"
 

@@ -142,7 +142,7 @@ def download_scenarios(
     timeout: float = DEFAULT_TIMEOUT,
     retries: int = DEFAULT_RETRIES,
 ) -> list[Path]:
-    """Download IoT-23 scenario logs that the cache does not hold yet.
+    """Download IoT-23 scenario logs that are not in the cache yet.
 
     Args:
         names: scenario folder names, such as `CTU-IoT-Malware-Capture-34-1`.
@@ -423,7 +423,7 @@ def _partial_is_whole_file(
 ) -> bool:
     """Interpret HTTP 416, the response to a Range that starts at or past the end.
 
-    Returns True when `part` holds exactly the whole file. Otherwise `part` is
+    Returns True when `part` contains exactly the whole file. Otherwise `part` is
     deleted, so the caller can download the file again from byte 0.
     """
     match = re.fullmatch(

@@ -26,12 +26,12 @@ from edgedp.data.skips import SkipLog
 log = logging.getLogger(__name__)
 
 MISSING_LABEL = "-"
-"""How reports show a missing label or detailed-label."""
+"""Placeholder that reports show for a missing label or detailed-label."""
 
 
 @dataclass
 class FileReport:
-    """What reading one input file produced."""
+    """Result of reading one input file: format, counts and skipped lines."""
 
     path: Path
     layout: sources.Layout

@@ -50,7 +50,7 @@ _ZEEK_FIRST_DIRECTIVES = ("#separator", "#fields", "#path")
 
 
 class FlowLogError(ValueError):
-    """An input file cannot be read as a flow log; the message says why."""
+    """An input file that cannot be read as a flow log. The message gives the reason."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Layout:
     names: tuple[str, ...] = ()
     """Column names of a CSV/TSV export; empty for Zeek TSV and JSON."""
     header_row: bool = True
-    """Whether the first line of a CSV/TSV export holds the column names."""
+    """True when the first line of a CSV/TSV export contains the column names."""
 
 
 def find_logs(paths: Iterable[str | Path]) -> list[Path]:
@@ -84,7 +84,7 @@ def find_logs(paths: Iterable[str | Path]) -> list[Path]:
                 p for p in path.rglob("*") if p.is_file() and _looks_like_log(p)
             )
             if not matches:
-                log.warning("%s holds no flow log files", path)
+                log.warning("no flow log files found in %s", path)
             found.extend(matches)
         elif path.is_file():
             found.append(path)

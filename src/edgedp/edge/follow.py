@@ -168,9 +168,10 @@ class _SplitterSource:
 
 
 DECOMPRESSION_ERRORS: tuple[type[Exception], ...] = (EOFError, zlib.error, OSError)
-"""What reading a truncated or corrupt gzip file raises: `EOFError` when the
-data ends early, `zlib.error` for corrupt deflate data, and `OSError`, which
-includes `gzip.BadGzipFile` for a bad header or checksum."""
+"""Exceptions that reading a truncated or corrupt gzip file raises.
+
+`EOFError` means the data ends early and `zlib.error` means corrupt deflate
+data. `OSError` includes `gzip.BadGzipFile` for a bad header or checksum."""
 
 
 def _open_log(path: Path) -> BinaryIO:
