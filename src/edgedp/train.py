@@ -191,17 +191,34 @@ def _check_dataset(dataset: PreparedDataset, train: Split, settings: TrainSettin
         )
 
 
+def training_population(
+    labels: np.ndarray, classes: list[str], kind: str
+) -> tuple[np.ndarray, str]:
+    """Select the training split rows that a model of `kind` trains on.
+
+    The classifier trains on every row and the autoencoder on the Benign
+    rows only. The privacy ledger's `population` and `rows` describe this
+    population.
+
+    Returns:
+        A boolean mask over `labels` and the population's name for the
+        ledger (`training split rows` or `Benign training split rows`).
+    """
+    if kind == "classifier":
+        return np.ones(len(labels), dtype=bool), "training split rows"
+    benign = labels == classes.index(config.BENIGN_CLASS)
+    return benign, "Benign training split rows"
+
+
 def _training_data(train: Split, classes: list[str], kind: str) -> TrainingData:
     import torch
 
+    mask, population = training_population(train.labels, classes, kind)
     features = torch.from_numpy(np.ascontiguousarray(train.features))
     if kind == "classifier":
-        return TrainingData(
-            features, torch.from_numpy(train.labels), "training split rows"
-        )
-    benign = train.labels == classes.index(config.BENIGN_CLASS)
-    features = features[torch.from_numpy(benign)].contiguous()
-    return TrainingData(features, features, "Benign training split rows")
+        return TrainingData(features, torch.from_numpy(train.labels), population)
+    features = features[torch.from_numpy(mask)].contiguous()
+    return TrainingData(features, features, population)
 
 
 @contextlib.contextmanager
