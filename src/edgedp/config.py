@@ -67,6 +67,10 @@ CALIBRATION_SIZE = 1000
 # Timed repeats per format in `edgedp bench`. The report gives their median.
 BENCH_REPEATS = 5
 
+# Members that `edgedp audit` draws for its membership inference attack, and
+# as many non-members. Fewer are drawn when the training or test rows run out.
+MEMBERSHIP_SAMPLES = 5000
+
 # Small IoT-23 captures that `edgedp download` fetches when no logs are given.
 # Together they hold Benign, PartOfAHorizontalPortScan, DDoS and C&C flows.
 # The study's Okiru and Attack classes are only in captures of several GB.

@@ -70,7 +70,14 @@ def main() -> None:
 
         sys.exit(run_serve(sys.argv[2:]))
 
-    from edgedp.cli import data, gateway, shrinking, study, training  # noqa: F401
+    from edgedp.cli import (  # noqa: F401
+        data,
+        gateway,
+        membership,
+        shrinking,
+        study,
+        training,
+    )
 
     try:
         app()
