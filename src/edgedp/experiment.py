@@ -1,10 +1,10 @@
 """The experiment file: every setting of one study run, checked before it starts.
 
 An `Experiment` is a frozen tree of dataclasses with one section per stage
-(`data`, `prepare`, `train`, `optimize`, `bench`) and a `quick` profile that
-`edgedp run --quick` applies on top. Each section checks its values in
-`__post_init__`, so an impossible setting fails before any work starts, with a
-message that names the key and the values it accepts.
+(`data`, `prepare`, `train`, `optimize`, `bench`, `membership`) and a `quick`
+profile that `edgedp run --quick` applies on top. Each section checks its
+values in `__post_init__`, so an impossible setting fails before any work
+starts, with a message that names the key and the values it accepts.
 
 `load_experiment` reads a TOML file. Every key that the file leaves out keeps
 its default from `edgedp.config`, and an unknown key is an error. The package
@@ -36,7 +36,14 @@ from edgedp.data.download import check_scenario_name
 
 STUDY_FILE = "study.toml"
 
-STAGES: tuple[str, ...] = ("data", "prepare", "train", "optimize", "bench")
+STAGES: tuple[str, ...] = (
+    "data",
+    "prepare",
+    "train",
+    "optimize",
+    "bench",
+    "membership",
+)
 # The names of `edgedp.models.CLASSIFIER` and `AUTOENCODER`. That module
 # imports torch, which this one must not.
 MODELS: tuple[str, ...] = ("classifier", "autoencoder")
@@ -340,6 +347,21 @@ class BenchSettings:
 
 
 @dataclass(frozen=True)
+class MembershipSettings:
+    """Membership inference on each grid cell's torch model (`edgedp audit`).
+
+    `samples` training rows are drawn as members and as many test rows as
+    non-members, fewer when the rows run out. Each cell's sample is seeded
+    with the cell's training seed.
+    """
+
+    samples: int = config.MEMBERSHIP_SAMPLES
+
+    def __post_init__(self) -> None:
+        _check_whole("samples", self.samples, minimum=1)
+
+
+@dataclass(frozen=True)
 class TrainingRun:
     """One cell of the training grid: a model, a privacy level and a seed."""
 
@@ -424,6 +446,7 @@ class Experiment:
     train: TrainSettings = field(default_factory=TrainSettings)
     optimize: OptimizeSettings = field(default_factory=OptimizeSettings)
     bench: BenchSettings = field(default_factory=BenchSettings)
+    membership: MembershipSettings = field(default_factory=MembershipSettings)
     quick: tuple[Override, ...] = tuple(_flatten(config.QUICK_PROFILE))
     """Settings that `quick_profile()` replaces, as (key path, value) pairs.
     They are kept sorted by key path, so equal profiles compare equal."""
@@ -476,11 +499,15 @@ class Experiment:
     ) -> dict[str, Any]:
         """Return the settings that `stage`'s outputs depend on.
 
-        Each stage includes the settings of the stages before it. With `run`,
-        the train, optimize and bench settings are those of that one grid
-        cell, so adding a seed or changing the other model's epochs leaves the
-        cell's settings unchanged. Settings that do not change results
-        (`cache`, `base_url` and the quick profile) are left out.
+        Each stage includes the settings of the stages before it in the
+        order data, prepare, train, optimize, bench. The membership stage
+        includes data, prepare and train and its own section, but not
+        optimize or bench, because the attack runs on the torch weights. With
+        `run`, the train, optimize, bench and membership settings are those
+        of that one grid cell, so adding a seed or changing the other model's
+        epochs leaves the cell's settings unchanged. Settings that do not
+        change results (`cache`, `base_url` and the quick profile) are left
+        out.
         """
         _check_choice("stage", stage, STAGES)
         if self.data.paths:
@@ -506,6 +533,9 @@ class Experiment:
             }
         settings["train"] = train
         if stage == "train":
+            return settings
+        if stage == "membership":
+            settings["membership"] = _jsonable(self.membership)
             return settings
 
         settings["optimize"] = _jsonable(self.optimize)
@@ -536,6 +566,7 @@ _SECTION_TYPES: dict[str, type] = {
     "train": TrainSettings,
     "optimize": OptimizeSettings,
     "bench": BenchSettings,
+    "membership": MembershipSettings,
 }
 
 

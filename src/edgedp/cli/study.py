@@ -220,7 +220,7 @@ def run(
         ),
     ] = None,
 ) -> None:
-    """Run the whole study: prepare, train, optimize, evaluate, bench, report.
+    """Run the whole study: prepare, train, optimize, evaluate, audit, bench, report.
 
     Rerunning the same command resumes: finished stages are skipped.
     """

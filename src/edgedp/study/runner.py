@@ -6,8 +6,9 @@ finished with the same settings key and its outputs are still in place:
 1. data: the logs given, or the IoT-23 scenarios downloaded into the cache.
 2. prepare: one prepared dataset shared by every grid cell.
 3. grid: per cell (model x privacy level x seed) train, optimize (LiteRT
-   float32 and int8) and evaluate every format on the test split. Cells
-   run in parallel worker processes, one per core by default.
+   float32 and int8), evaluate every format on the test split, and run the
+   membership inference attack on the torch model. Cells run in parallel
+   worker processes, one per core by default.
 4. bench: timing, peak memory and size of each model's formats, alone on
    the machine after the grid.
 5. report: `report.md`, `report.json` and `figures/`, always rewritten
@@ -53,7 +54,7 @@ logger = logging.getLogger(__name__)
 MODEL_FORMATS: tuple[str, ...] = ("torch", "fp32", "int8")
 """Formats scored on the test split; the names `edgedp.evaluate` uses."""
 
-GRID_STAGES: tuple[str, ...] = ("train", "optimize", "evaluate")
+GRID_STAGES: tuple[str, ...] = ("train", "optimize", "evaluate", "membership")
 
 TRAINING_MODULES: tuple[str, ...] = (
     "torch",
@@ -410,14 +411,19 @@ class _Runner:
     def _cell_key(self, stage: str, cell: TrainingRun, dataset_id: str) -> str | None:
         """Return the key `stage` of `cell` runs with, or None if unknown yet.
 
-        The optimize and evaluate keys depend on the bundle's current files,
-        so they are unknown while the bundle is missing or unreadable.
+        The optimize, evaluate and membership keys depend on the bundle's
+        current files, so they are unknown while the bundle is missing or
+        unreadable.
         """
         if stage == "train":
             return settings_key(self.experiment.fingerprint("train", cell), dataset_id)
         bundle = _open_bundle(layout.bundle_folder(self.out, cell.name))
         if bundle is None:
             return None
+        if stage == "membership":
+            return settings_key(
+                self.experiment.fingerprint("membership", cell), bundle.bundle_id
+            )
         optimize = settings_key(
             self.experiment.fingerprint("optimize", cell), bundle.bundle_id
         )
@@ -534,10 +540,17 @@ class _Runner:
                 "calibration_size": optimize.calibration_size,
                 "seed": cell.seed,
             }
-        return tasks.evaluate_cell, {
+        if stage == "evaluate":
+            return tasks.evaluate_cell, {
+                "bundle": bundle,
+                "dataset": dataset,
+                "formats": MODEL_FORMATS,
+            }
+        return tasks.membership_cell, {
             "bundle": bundle,
             "dataset": dataset,
-            "formats": MODEL_FORMATS,
+            "samples": self.experiment.membership.samples,
+            "seed": cell.seed,
         }
 
     # 4. Bench.
@@ -654,6 +667,8 @@ def _has_outputs(stage: str, bundle: Bundle) -> bool:
             and bundle.has_file(INT8_MODEL)
             and formats.get("source_weights_sha256") == weights
         )
+    if stage == "membership":
+        return "membership" in bundle.manifest
     scored = bundle.manifest.get("metrics", {}).get("test", {})
     return all(name in scored for name in MODEL_FORMATS)
 

@@ -1,11 +1,11 @@
 """The work of one grid cell, run in a worker process of `edgedp run`.
 
 Each function is one stage of one cell: train, optimize or evaluate a
-bundle. They run in processes started with the `spawn` method, so every
-worker imports torch afresh instead of inheriting the main process's
-threads. `init_worker` sends a worker's log records, warnings and the
-native libraries' messages to the run's log file, so the terminal shows
-only the progress bars.
+bundle, or run the membership inference attack on it. They run in processes
+started with the `spawn` method, so every worker imports torch afresh
+instead of inheriting the main process's threads. `init_worker` sends a
+worker's log records, warnings and the native libraries' messages to the
+run's log file, so the terminal shows only the progress bars.
 """
 
 from __future__ import annotations
@@ -129,3 +129,23 @@ def evaluate_cell(
     for model_format in formats:
         evaluate_bundle(bundle, dataset, split="test", model_format=model_format)
     return {"seconds": time.perf_counter() - started}
+
+
+def membership_cell(
+    *, bundle: str, dataset: str, samples: int, seed: int
+) -> dict[str, Any]:
+    """Run the membership inference attack on one cell's torch model.
+
+    Returns:
+        The attack's `roc_auc` and `advantage` and `seconds`; the whole
+        result goes into `bundle.json` under `membership`.
+    """
+    from edgedp.membership import audit_bundle
+
+    started = time.perf_counter()
+    result = audit_bundle(bundle, dataset, samples=samples, seed=seed)
+    return {
+        "roc_auc": result["roc_auc"],
+        "advantage": result["advantage"],
+        "seconds": time.perf_counter() - started,
+    }
