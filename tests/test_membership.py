@@ -29,6 +29,8 @@ from edgedp.membership import (
     tpr_bound,
 )
 from edgedp.privacy import non_private_ledger
+from edgedp.report.collect import collect_membership
+from edgedp.report.markdown import _membership_section
 from edgedp.train import train_bundle
 
 EDGEDP = str(Path(sys.executable).with_name("edgedp"))
@@ -419,3 +421,35 @@ def test_cli_audit_rejects(case, message, classifier, prepared_iot23, tmp_path):
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in " ".join((done.stdout + done.stderr).split())
     assert (classifier.root / "bundle.json").read_bytes() == before
+
+
+# The report section, from bundles audited here.
+
+
+def test_report_section_quotes_audits(classifier, autoencoder):
+    for number, bundle in enumerate((classifier, autoencoder)):
+        audit_bundle(bundle, samples=500, seed=number)
+    manifests = []
+    for bundle in (classifier, autoencoder):
+        manifest = load_bundle(bundle.root).manifest
+        manifest["name"] = bundle.root.name
+        manifests.append(manifest)
+
+    rows = collect_membership(manifests)
+    text = "\n".join(_membership_section(rows))
+
+    assert [row["model"] for row in rows] == ["classifier", "autoencoder"]
+    assert "## 6. Membership inference" in text
+    for row, manifest in zip(rows, manifests, strict=True):
+        result = manifest["membership"]
+        assert row["metrics"]["roc_auc"]["values"] == [result["roc_auc"]]
+        assert row["metrics"]["advantage"]["values"] == [result["advantage"]]
+        assert "bound_advantage" not in row["metrics"]
+        (line,) = [
+            line for line in text.splitlines() if line.startswith(f"| {row['model']}")
+        ]
+        assert f"| {result['roc_auc']:.4f} |" in line
+        assert f"| {result['advantage']:.4f} |" in line
+        assert "| no bound | no bound |" in line
+    assert "TPR at 0.1% FPR is not reported" in text
+    assert "lower bound on leakage for this one attack" in text

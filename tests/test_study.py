@@ -139,7 +139,7 @@ def test_resume_finishes_every_cell(quick_run):
     cells = ["classifier", "autoencoder"]
     expected = {
         f"{stage}/{model}-{level}-seed0"
-        for stage in ("train", "optimize", "evaluate")
+        for stage in ("train", "optimize", "evaluate", "membership")
         for model in cells
         for level in ("plain", "eps1")
     }
@@ -157,7 +157,8 @@ def test_report_structure(quick_run):
         "## 3. Autoencoder",
         "## 4. Efficiency",
         "## 5. Privacy ledger",
-        "## 6. Figures",
+        "## 6. Membership inference",
+        "## 7. Figures",
     ):
         assert heading in markdown
     report = json.loads((out / "report.json").read_text())
@@ -168,6 +169,7 @@ def test_report_structure(quick_run):
         "autoencoder",
         "efficiency",
         "privacy",
+        "membership",
         "published",
         "figures",
     }
@@ -256,6 +258,46 @@ def test_report_privacy_and_data_match(quick_run):
     }
 
 
+def test_report_membership_matches_bundles(quick_run):
+    from edgedp.membership import privacy_bounds
+
+    out = quick_run["out"]
+    report = json.loads((out / "report.json").read_text())
+    markdown = (out / "report.md").read_text()
+    bundles = _bundles(out)
+    rows = report["membership"]
+    assert {(row["model"], row["privacy"]) for row in rows} == {
+        (model, level)
+        for model in ("classifier", "autoencoder")
+        for level in ("no DP", "eps 1")
+    }
+    for row in rows:
+        (name,) = row["bundles"]
+        result = bundles[name]["membership"]
+        metrics = row["metrics"]
+        assert metrics["roc_auc"]["values"] == [result["roc_auc"]]
+        assert metrics["advantage"]["values"] == [result["advantage"]]
+        assert metrics["members"]["values"] == [result["members"]]
+        assert result["members"] == result["non_members"] > 0
+        bound = privacy_bounds(bundles[name]["privacy"])["advantage"]
+        (line,) = [
+            line
+            for line in markdown.splitlines()
+            if line.startswith(f"| {row['model']} | {row['privacy']} |")
+        ]
+        assert f"| {result['roc_auc']:.4f} |" in line
+        if row["privacy"] == "no DP":
+            assert bound is None
+            assert "bound_advantage" not in metrics
+            assert "| no bound | no bound |" in line
+        else:
+            assert metrics["bound_advantage"]["values"] == [pytest.approx(bound)]
+            assert f"| {bound:.4f} |" in line
+            # No attack beats the bound of a DP model, short of a bug or a
+            # sample far too small to measure the advantage.
+            assert result["advantage"] <= bound
+
+
 def test_report_efficiency_matches_bench(quick_run):
     out = quick_run["out"]
     report = json.loads((out / "report.json").read_text())
@@ -305,21 +347,29 @@ def test_report_command_rebuilds_report(quick_run):
     assert json.loads((out / "report.json").read_text()) == before
 
 
-def test_changed_bench_setting_redoes_bench_only(quick_run):
-    out = quick_run["out"]
-    before = _state(out)["stages"]
+def _rerun_with_config(quick_run, name: str, text: str) -> subprocess.CompletedProcess:
+    """Run the quick run's command again with another experiment file."""
     config = quick_run["config"]
-    changed = config.with_name("changed.toml")
-    changed.write_text(config.read_text().replace("samples = 300", "samples = 200"))
+    changed = config.with_name(name)
+    changed.write_text(text)
     command = [
         changed if part == str(config) else part for part in quick_run["command"]
     ]
-    result = subprocess.run(
+    return subprocess.run(
         [str(part) for part in command],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
         check=False,
+    )
+
+
+def test_changed_bench_setting_redoes_bench_only(quick_run):
+    out = quick_run["out"]
+    before = _state(out)["stages"]
+    text = quick_run["config"].read_text()
+    result = _rerun_with_config(
+        quick_run, "changed.toml", text.replace("samples = 300", "samples = 200")
     )
     assert result.returncode == 0, result.stderr
     after = _state(out)["stages"]
@@ -329,6 +379,29 @@ def test_changed_bench_setting_redoes_bench_only(quick_run):
             assert after[stage] == record, stage
     bench = json.loads((out / "bench.json").read_text())
     assert bench["settings"]["flows"] == 200
+
+
+def test_changed_membership_setting_redoes_membership_only(quick_run):
+    out = quick_run["out"]
+    before = _state(out)["stages"]
+    # The bench samples stay as the previous test left them, so that the
+    # bench need not run again.
+    text = quick_run["config"].read_text().replace("samples = 300", "samples = 200")
+
+    result = _rerun_with_config(
+        quick_run, "membership.toml", text + "\n[membership]\nsamples = 400\n"
+    )
+
+    assert result.returncode == 0, result.stderr
+    after = _state(out)["stages"]
+    for stage, record in before.items():
+        if stage.startswith("membership/"):
+            assert after[stage]["key"] != record["key"], stage
+        elif stage != "bench":
+            assert after[stage] == record, stage
+    for name, manifest in _bundles(out).items():
+        assert manifest["membership"]["samples"] == 400, name
+        assert manifest["membership"]["members"] <= 400, name
 
 
 # In-process checks of the run folder's lock, the stale-record cleanup, the

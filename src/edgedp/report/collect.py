@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgedp.bundle import MANIFEST_NAME
-from edgedp.experiment import TrainingRun
+from edgedp.experiment import MODELS, TrainingRun
 from edgedp.metrics import CLASSIFIER_SUMMARY
 from edgedp.report import published
 from edgedp.study import layout
@@ -302,6 +302,71 @@ def collect_privacy(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+MEMBERSHIP_METRICS: tuple[str, ...] = (
+    "members",
+    "roc_auc",
+    "advantage",
+    "tpr_at_fpr_0.01",
+    "tpr_at_fpr_0.001",
+    "bound_advantage",
+    "bound_roc_auc",
+    "duplicate_fraction",
+    "roc_auc_unique_rows",
+)
+
+
+def _membership_value(result: dict[str, Any], metric: str) -> float | None:
+    """Read one metric of a bundle's `membership` entry (`edgedp audit`).
+
+    Returns None for a metric the entry lacks, such as a TPR that the sample
+    was too small for.
+    """
+    if metric.startswith("tpr_at_fpr_"):
+        return result.get("tpr_at_fpr", {}).get(metric.removeprefix("tpr_at_fpr_"))
+    if metric.startswith("bound_"):
+        return result.get("bound", {}).get(metric.removeprefix("bound_"))
+    if metric == "duplicate_fraction":
+        return result.get("duplicates", {}).get("fraction")
+    if metric == "roc_auc_unique_rows":
+        return result.get("unique_rows", {}).get("roc_auc")
+    return result.get(metric)
+
+
+def collect_membership(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Summarize the membership inference results over seeds.
+
+    One row per model and privacy level, from the bundles that have a
+    `membership` entry. A metric is summarized only when every seed has a
+    value: a bundle trained without DP has no bound, and a TPR at an FPR is
+    None when the sample had too few non-members for it.
+    """
+    rows = []
+    for kind in MODELS:
+        for epsilon, group in _group(manifests, kind).items():
+            audited = [m for m in group if m.get("membership")]
+            if not audited:
+                continue
+            results = [m["membership"] for m in audited]
+            row: dict[str, Any] = {
+                "model": kind,
+                "privacy": privacy_label(epsilon),
+                "epsilon": epsilon,
+                "bundles": [m["name"] for m in audited],
+                "seeds": [m["training"]["seed"] for m in audited],
+                "attack": results[0]["attack"],
+                "score": results[0]["score"],
+                "unit": audited[0].get("privacy", {}).get("unit"),
+                "min_non_members_for_tpr": results[0]["min_non_members_for_tpr"],
+                "metrics": {},
+            }
+            for metric in MEMBERSHIP_METRICS:
+                values = [_membership_value(result, metric) for result in results]
+                if all(value is not None for value in values):
+                    row["metrics"][metric] = summarize(values)
+            rows.append(row)
+    return rows
+
+
 def collect_run(state: dict[str, Any] | None) -> dict[str, Any]:
     """Build the run section: invocations and the seconds each stage took."""
     if not state:
@@ -360,5 +425,6 @@ def collect(files: RunFiles) -> dict[str, Any]:
         ),
         "efficiency": collect_efficiency(files.bench, manifests),
         "privacy": collect_privacy(manifests),
+        "membership": collect_membership(manifests),
         "published": published.as_json(),
     }
