@@ -54,3 +54,20 @@ def test_directory_overwrite_replaces_whole(tmp_path):
 
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_check_writable_creates_parents(tmp_path):
+    target = tmp_path / "a" / "b" / "out.json"
+
+    atomic.check_writable(target)
+
+    assert target.parent.is_dir()
+    assert list(target.parent.iterdir()) == []
+
+
+def test_check_writable_rejects_file_parent(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+
+    with pytest.raises(atomic.OutputError, match="not-a-folder"):
+        atomic.check_writable(blocker / "out.json")

@@ -18,6 +18,36 @@ from pathlib import Path
 from typing import Any
 
 
+class OutputError(OSError):
+    """An output location that cannot be created or written."""
+
+
+def check_writable(path: str | Path) -> None:
+    """Check that `path` could be written atomically, before any work starts.
+
+    Creates the missing parent folders and a temporary file in the parent,
+    then removes the file. Commands call this first, so that an unwritable
+    output fails in a second rather than after training or measuring. It
+    cannot rule out a disk that fills up later.
+
+    Raises:
+        OutputError: the parent folder cannot be created or written.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+        )
+    except OSError as error:
+        raise OutputError(
+            f"cannot write {path}: {error.strerror or error}; choose another "
+            "output location or make its folder writable"
+        ) from error
+    os.close(handle)
+    os.unlink(name)
+
+
 def _current_umask() -> int:
     # os.umask can only be read by setting it. Setting it back at once leaves
     # a short window in which another thread would create files with 022.
