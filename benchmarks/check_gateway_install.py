@@ -13,8 +13,8 @@ repository without extras (`pip install REPO`, as a gateway would install
 It prints the time of each step. The bundle is trained with the calling
 interpreter (which needs the `train` extra) unless `--bundle` names one.
 
-The test suite does not run this script, because the install alone takes
-about 45 s on the 2-core development machine and needs the package index.
+The test suite does not run this script, because the install needs the
+package index, and it took 9 s with pip's cache warm (docs/benchmarks.md).
 Instead, `tests/test_serve.py` checks the same import boundary in-process
 by blocking the training modules.
 
