@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from edgedp import config
+from edgedp.atomic import OutputError
 from edgedp.data import download as downloads
 
 BIG = "CTU-IoT-Malware-Capture-34-1"
@@ -408,3 +409,38 @@ def test_command_unreachable_exits_with_advice(tmp_path):
     assert result.returncode == 1
     assert "cannot reach" in result.stderr
     assert "--base-url" in result.stderr
+
+
+def test_unwritable_cache_fails_before_request(served, logs, tmp_path):
+    _serve_under_prefix(served, SMALL_PINNED, logs[SMALL_PINNED])
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a regular file where the cache folder would be\n")
+
+    with pytest.raises(OutputError, match="Not a directory") as caught:
+        _download(served, not_a_folder / "iot23", [SMALL_PINNED])
+
+    assert str(not_a_folder / "iot23") in str(caught.value)
+    assert served.requests == []
+
+
+def test_command_unwritable_cache_exits_2(served, logs, tmp_path):
+    _serve_under_prefix(served, SMALL_PINNED, logs[SMALL_PINNED])
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a regular file where the cache folder would be\n")
+
+    result = _edgedp(
+        "download",
+        "--scenario",
+        SMALL_PINNED,
+        "--cache",
+        str(not_a_folder / "iot23"),
+        "--base-url",
+        served.base_url,
+        env={},
+    )
+
+    assert result.returncode == 2
+    assert "cannot write" in result.stderr
+    assert "Not a directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert served.requests == []

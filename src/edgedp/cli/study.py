@@ -56,6 +56,7 @@ def download(
     )
     from rich.table import Table
 
+    from edgedp.atomic import OutputError
     from edgedp.data import download as downloads
 
     tasks: dict[str, int] = {}
@@ -83,6 +84,9 @@ def download(
         except (downloads.DownloadError, ValueError) as error:
             console.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
             raise typer.Exit(1) from None
+        except OutputError as error:
+            console.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
+            raise typer.Exit(2) from None
 
     table = Table("scenario", "bytes", "file")
     for path in paths:

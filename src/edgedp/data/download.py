@@ -166,6 +166,8 @@ def download_scenarios(
             error, or sends a file whose size or sha256 does not match. A
             transfer cut short keeps its `.part` file, and the next call
             resumes it.
+        OutputError: the cache folder cannot be created or written. This is
+            checked before each file's transfer starts.
     """
     scenarios = list(config.IOT23_SCENARIOS if names is None else names)
     for name in scenarios:
@@ -206,7 +208,7 @@ def _download_one(
         logger.info("%s is already complete at %s, skipped", name, target)
         return target
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic.check_writable(target)
     part = _part_path(target)
     attempt = 0
     while True:
