@@ -1,5 +1,6 @@
 """`prepare_dataset` and the `inspect` / `prepare` commands on real IoT-23 logs."""
 
+import gzip
 import json
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from edgedp import config, features
+from edgedp import config, features, zeek
+from edgedp.atomic import OutputError
 from edgedp.data.prepare import PrepareError, prepare_dataset
 from edgedp.data.sources import FlowLogError
 from edgedp.dataset import SPLITS, load_prepared
@@ -16,6 +18,7 @@ from edgedp.dataset import SPLITS, load_prepared
 CSV_20_1 = "csv/CTU-IoT-Malware-Capture-20-1.labeled.csv"
 BLANK_20_1 = "variants/CTU-IoT-Malware-Capture-20-1.blank-markers.csv"
 SUBSET_TSV = "variants/CTU-IoT-Malware-Capture-34-1+35-1.subset-2500.tsv"
+HEADERLESS = "variants/CTU-Honeypot-Capture-4-1.noheader-merged-label.csv"
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +205,7 @@ def test_failure_leaves_no_folder(iot23, tmp_path):
     out = tmp_path / "out"
 
     with pytest.raises(FlowLogError, match="data before any #fields line"):
-        prepare_dataset([iot23 / "zeek", damaged.parent], out)
+        prepare_dataset([iot23 / "zeek", damaged], out)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs"]
 
@@ -296,8 +299,178 @@ def test_excluded_counts_each_flow_once(iot23, tmp_path):
 
     dataset = prepare_dataset(inputs, tmp_path / "dataset")
 
-    assert dataset.manifest["excluded"] == {"C&C-Torii": 16}
-    assert dataset.manifest["duplicates_dropped"] == 3193
+    # The second file repeats every flow of the first, so all 3209 of its
+    # rows are duplicates, the 16 C&C-Torii rows included.
+    manifest = dataset.manifest
+    assert manifest["excluded"] == {"C&C-Torii": 16}
+    assert manifest["duplicates_dropped"] == 3209
+    assert manifest["rows"] == {
+        "read": 6418,
+        "duplicates_dropped": 3209,
+        "excluded": 16,
+        "in_dropped_classes": 0,
+        "kept": 3193,
+    }
+    blank = manifest["inputs"][1]
+    assert blank["duplicates_dropped"] == 3209
+    assert blank["rows_excluded"] == 0
+
+
+def test_row_counts_add_up(iot23, tmp_path):
+    dataset = prepare_dataset([iot23], tmp_path / "dataset")
+
+    manifest = dataset.manifest
+    assert manifest["rows"] == {
+        "read": 123386,
+        "duplicates_dropped": 54490,
+        "excluded": 867,
+        "in_dropped_classes": 0,
+        "kept": 68029,
+    }
+    assert manifest["excluded"] == {
+        "C&C-HeartBeat-Attack": 834,
+        "C&C-Torii": 16,
+        "C&C-FileDownload": 14,
+        "FileDownload": 3,
+    }
+    assert [manifest["splits"][s]["rows"] for s in SPLITS] == [34015, 13605, 20409]
+    for entry in manifest["inputs"]:
+        parts = (
+            entry["duplicates_dropped"]
+            + entry["rows_excluded"]
+            + entry["rows_in_dropped_classes"]
+            + entry["rows_kept"]
+        )
+        assert parts == entry["rows_read"], entry["path"]
+    blank = [e for e in manifest["inputs"] if e["path"].endswith(BLANK_20_1)]
+    assert blank[0]["duplicates_dropped"] == 3209
+
+
+def test_dropped_class_rows_counted(iot23, tmp_path):
+    dataset = prepare_dataset(
+        [iot23 / SUBSET_TSV],
+        tmp_path / "small",
+        classes=["Benign", "PartOfAHorizontalPortScan", "DDoS"],
+    )
+
+    rows = dataset.manifest["rows"]
+    assert rows["in_dropped_classes"] == 2
+    assert rows["excluded"] == 310
+    assert rows["kept"] == sum(dataset.manifest["splits"][s]["rows"] for s in SPLITS)
+    assert rows["read"] == sum(v for k, v in rows.items() if k != "read")
+
+
+def test_edgedp_outputs_in_folder_ignored(iot23, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    honeypot = iot23 / "zeek" / "CTU-Honeypot-Capture-5-1.conn.log.labeled"
+    (data / honeypot.name).write_bytes(honeypot.read_bytes())
+    first = prepare_dataset([data], data / "dataset", classes=["Benign"])
+    lone = data / "report.json"
+    lone.write_text((first.root / "dataset.json").read_text())
+
+    second = prepare_dataset([data], tmp_path / "again", classes=["Benign"])
+
+    inputs = [entry["path"] for entry in second.manifest["inputs"]]
+    assert inputs == [str((data / honeypot.name).resolve())]
+    rejected = second.manifest["rejected"]
+    assert [entry["path"] for entry in rejected] == [str(lone.resolve())]
+    assert "is not a flow log" in rejected[0]["reason"]
+    assert second.manifest["rows"]["read"] == 1374
+
+
+def _truncated_gzip(source, path):
+    compressed = gzip.compress(source.read_bytes())
+    path.write_bytes(compressed[: len(compressed) // 2])
+
+
+def test_damaged_gzip_in_folder_set_aside(iot23, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("CTU-Honeypot-Capture-4-1", "CTU-Honeypot-Capture-5-1"):
+        log = iot23 / "zeek" / f"{name}.conn.log.labeled"
+        (data / log.name).write_bytes(log.read_bytes())
+    damaged = data / "damaged.conn.log.labeled.gz"
+    _truncated_gzip(
+        iot23 / "zeek" / "CTU-IoT-Malware-Capture-42-1.conn.log.labeled", damaged
+    )
+
+    # Small blocks make the damaged file yield rows before its damage.
+    dataset = prepare_dataset(
+        [data], tmp_path / "dataset", classes=["Benign"], chunk_bytes=1 << 14
+    )
+
+    manifest = dataset.manifest
+    assert [entry["path"] for entry in manifest["rejected"]] == [str(damaged.resolve())]
+    assert "is damaged after line" in manifest["rejected"][0]["reason"]
+    assert len(manifest["inputs"]) == 2
+    assert manifest["rows"]["read"] == 452 + 1374
+    assert manifest["rows"]["kept"] == 452 + 1374
+    sources = set()
+    for name in SPLITS:
+        table = pq.read_table(dataset.root / f"{name}.parquet", columns=["source"])
+        sources |= set(table.column("source").to_pylist())
+    assert damaged.name not in sources
+
+
+def test_damaged_gzip_named_is_error(iot23, tmp_path):
+    damaged = tmp_path / "damaged.conn.log.labeled.gz"
+    _truncated_gzip(
+        iot23 / "zeek" / "CTU-IoT-Malware-Capture-42-1.conn.log.labeled", damaged
+    )
+
+    with pytest.raises(FlowLogError, match="is damaged after line"):
+        prepare_dataset([iot23 / "zeek", damaged], tmp_path / "dataset")
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [damaged.name]
+
+
+def test_every_line_skipped_file(iot23, tmp_path):
+    headerless = iot23 / HEADERLESS
+    conn = list(zeek.CONN_FIELDS)
+
+    with pytest.raises(FlowLogError, match="no rows read, all 452 data lines"):
+        prepare_dataset([headerless], tmp_path / "named", columns=conn)
+    dataset = prepare_dataset([iot23 / "variants"], tmp_path / "found", columns=conn)
+
+    rejected = dataset.manifest["rejected"]
+    assert [entry["path"] for entry in rejected] == [str(headerless.resolve())]
+    assert "--columns" in rejected[0]["reason"]
+
+
+def test_invalid_seed_rejected(iot23, tmp_path):
+    path = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
+
+    for seed in (-1, 2**32):
+        with pytest.raises(PrepareError, match="seed must be a whole number from 0"):
+            prepare_dataset([path], tmp_path / "x", seed=seed)
+
+
+def test_unwritable_output_rejected(iot23, tmp_path):
+    path = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    (tmp_path / "file").write_text("a regular file\n")
+
+    with pytest.raises(OutputError, match="Not a directory"):
+        prepare_dataset([path], tmp_path / "file" / "sub" / "dataset")
+
+
+def test_cli_option_and_output_errors(iot23, tmp_path):
+    path = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    (tmp_path / "file").write_text("a regular file\n")
+
+    negative = _edgedp(
+        "prepare", str(path), "--out", str(tmp_path / "x"), "--seed", "-1"
+    )
+    unwritable = _edgedp("prepare", str(path), "--out", str(tmp_path / "file" / "sub"))
+    skipped = _edgedp("inspect", str(iot23 / HEADERLESS), "--columns", "conn")
+
+    assert negative.returncode == 2
+    assert "'--seed'" in negative.stderr
+    assert unwritable.returncode == 2
+    assert "cannot write" in unwritable.stderr
+    assert "Traceback" not in unwritable.stderr
+    assert skipped.returncode == 1
+    assert "no rows read" in skipped.stderr
 
 
 def test_absent_classes_and_single_class_warned(iot23, tmp_path, caplog):

@@ -4,6 +4,7 @@ import gzip
 import json
 import os
 import threading
+import zlib
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -12,6 +13,7 @@ import pytest
 
 from edgedp import features, zeek
 from edgedp.data import delimited, readers, records, sources
+from edgedp.data.inspect import inspect_logs
 from edgedp.data.prefetch import prefetch
 from edgedp.data.records import LINE
 from edgedp.data.sources import FlowLogError
@@ -542,3 +544,141 @@ def test_find_logs_in_folder(iot23):
 def test_find_logs_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         sources.find_logs([tmp_path / "absent"])
+
+
+def test_json_without_conn_fields_rejected(tmp_path, prepared_iot23):
+    indented = prepared_iot23.root / "dataset.json"
+    one_line = tmp_path / "summary.json"
+    one_line.write_text(json.dumps({"ts": 1.0, "classes": ["Benign"]}) + "\n")
+
+    with pytest.raises(FlowLogError, match="none of its first lines is a whole JSON"):
+        readers.open_report(indented)
+    with pytest.raises(FlowLogError, match="lacks the conn.log fields uid"):
+        readers.open_report(one_line)
+
+
+def test_find_logs_skips_edgedp_outputs(tmp_path, iot23, caplog):
+    log_name = "CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    source = (iot23 / "zeek" / log_name).read_bytes()
+    outputs = {
+        "runs/quick": "state.json",
+        "dataset": "dataset.json",
+        "b": "bundle.json",
+    }
+    (tmp_path / log_name).write_bytes(source)
+    for folder, marker in outputs.items():
+        (tmp_path / folder / "inner").mkdir(parents=True)
+        (tmp_path / folder / marker).write_text("{}\n")
+        (tmp_path / folder / "inner" / log_name).write_bytes(source)
+    caplog.set_level("INFO")
+
+    found = sources.find_logs([tmp_path])
+
+    assert found == [(tmp_path / log_name).resolve()]
+    for folder, marker in outputs.items():
+        assert f"{tmp_path / folder} for flow logs: it contains {marker}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "csv/CTU-IoT-Malware-Capture-44-1.labeled.csv",
+        "zeek/CTU-Honeypot-Capture-4-1.conn.log.labeled",
+    ],
+)
+def test_byte_order_mark_ignored(tmp_path, iot23, name):
+    original = iot23 / name
+    path = tmp_path / original.name
+    path.write_bytes(b"\xef\xbb\xbf" + original.read_bytes())
+
+    report, frame = read(path)
+    _, reference = read(original)
+
+    assert report.skipped.total == 0
+    assert frame.equals(reference)
+
+
+@pytest.mark.parametrize(
+    ("name", "columns"),
+    [
+        ("csv/CTU-IoT-Malware-Capture-44-1.labeled.csv", None),
+        (HEADERLESS, zeek.LABELED_CONN_FIELDS),
+    ],
+)
+def test_semicolon_export_matches_comma(tmp_path, iot23, name, columns):
+    original = iot23 / name
+    path = tmp_path / original.name
+    path.write_bytes(original.read_bytes().replace(b",", b";"))
+
+    report, frame = read(path, columns=columns)
+    reference_report, reference = read(original, columns=columns)
+
+    assert report.format == "csv"
+    assert report.layout.separator == ";"
+    assert dict(report.skipped.counts) == dict(reference_report.skipped.counts)
+    assert frame.equals(reference)
+
+
+def _complete_lines(compressed: bytes) -> int:
+    """Count the line breaks that decompress before a gzip stream ends early."""
+    decompressor = zlib.decompressobj(wbits=31)
+    return decompressor.decompress(compressed).count(b"\n")
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 12, sources.DEFAULT_CHUNK_BYTES])
+def test_truncated_gzip_names_last_line(tmp_path, iot23, chunk_bytes):
+    original = iot23 / "zeek" / "CTU-IoT-Malware-Capture-42-1.conn.log.labeled"
+    compressed = gzip.compress(original.read_bytes())
+    path = tmp_path / "cut.conn.log.labeled.gz"
+    path.write_bytes(compressed[: len(compressed) // 2])
+    expected = _complete_lines(compressed[: len(compressed) // 2])
+
+    with pytest.raises(FlowLogError) as caught:
+        read(path, chunk_bytes=chunk_bytes)
+
+    assert expected > 1000
+    assert f"is damaged after line {expected} (EOFError" in str(caught.value)
+    assert "download it again" in str(caught.value)
+
+
+def test_corrupt_gzip_member_names_line(tmp_path, iot23):
+    original = iot23 / "zeek" / "CTU-IoT-Malware-Capture-42-1.conn.log.labeled"
+    lines = original.read_bytes().split(b"\n")
+    second = gzip.compress(b"\n".join(lines[3000:]))
+    # Deflate block type 3 is reserved, so zlib rejects the second member.
+    second = second[:10] + b"\x07" + second[11:]
+    path = tmp_path / "corrupt.conn.log.labeled.gz"
+    path.write_bytes(gzip.compress(b"\n".join(lines[:3000]) + b"\n") + second)
+
+    with pytest.raises(FlowLogError) as caught:
+        read(path)
+
+    assert "is damaged after line 3000 (error: " in str(caught.value)
+    assert "invalid block type" in str(caught.value)
+    assert "download it again" in str(caught.value)
+
+
+def test_gzip_cut_in_header_hints_download(tmp_path, iot23):
+    original = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    path = tmp_path / "cut_header.log.gz"
+    path.write_bytes(gzip.compress(original.read_bytes())[:20])
+
+    with pytest.raises(FlowLogError, match="download it again") as caught:
+        readers.open_report(path)
+
+    assert str(path) in str(caught.value)
+
+
+def test_every_line_skipped_warns(iot23, caplog):
+    path = iot23 / HEADERLESS
+
+    results = inspect_logs([path], columns=zeek.CONN_FIELDS)
+
+    (report,) = results
+    assert report.rows_read == 0
+    assert report.skipped.total == 452
+    message = report.no_rows_message()
+    assert str(path) in message
+    assert "'wrong field count: expected 21, found 23' (451 lines)" in message
+    assert "--columns" in message
+    assert message in caplog.text

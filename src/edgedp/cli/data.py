@@ -10,6 +10,7 @@ from rich.table import Table
 
 from edgedp import config
 from edgedp.cli import app, console, reports_interrupt
+from edgedp.experiment import MAX_SEED
 
 _COLUMNS_HELP = (
     "Column names for CSV/TSV exports without a header row: `conn-labeled` "
@@ -47,7 +48,10 @@ def inspect(
     columns: _Columns = None,
     max_rows: _MaxRows = None,
 ) -> None:
-    """Show each file's format, rows read and skipped, and label counts."""
+    """Show each file's format, rows read and skipped, and label counts.
+
+    Exits with 1 when a file is rejected or has every data line skipped.
+    """
     from edgedp.data.inspect import RejectedFile, inspect_logs
     from edgedp.data.sources import FlowLogError
 
@@ -59,10 +63,10 @@ def inspect(
         console.print(f"[red]error:[/] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
 
-    rejected = 0
+    failed = 0
     for result in results:
         if isinstance(result, RejectedFile):
-            rejected += 1
+            failed += 1
             console.print(
                 f"[red]rejected[/] {result.path}\n  {result.reason}", soft_wrap=True
             )
@@ -82,7 +86,8 @@ def inspect(
             "detailed-label", _counts(dict(result.detailed_labels.most_common()))
         )
         console.print(table)
-    if rejected:
+        failed += result.no_rows_message() is not None
+    if failed:
         raise typer.Exit(1)
 
 
@@ -115,7 +120,10 @@ def prepare(
             help="random: stratified 50/30/20 by flow; capture: whole files per split."
         ),
     ] = "random",
-    seed: Annotated[int, typer.Option(help="Seed of the split.")] = config.DEFAULT_SEED,
+    seed: Annotated[
+        int,
+        typer.Option(min=0, max=MAX_SEED, help="Seed of the split, from 0 to 2^32-1."),
+    ] = config.DEFAULT_SEED,
     columns: _Columns = None,
     max_rows: _MaxRows = None,
     overwrite: Annotated[
@@ -123,6 +131,7 @@ def prepare(
     ] = False,
 ) -> None:
     """Encode and split labeled flow logs into a prepared dataset."""
+    from edgedp.atomic import OutputError
     from edgedp.data.labels import parse_mapping
     from edgedp.data.prepare import PrepareError, prepare_dataset
     from edgedp.data.sources import FlowLogError
@@ -144,7 +153,13 @@ def prepare(
             max_rows_per_file=max_rows,
             columns=_columns(columns),
         )
-    except (FileNotFoundError, FileExistsError, FlowLogError, PrepareError) as error:
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        FlowLogError,
+        OutputError,
+        PrepareError,
+    ) as error:
         console.print(f"[red]error:[/] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
 
@@ -162,7 +177,10 @@ def prepare(
             ),
         )
     console.print(table)
+    rows = manifest["rows"]
     console.print(
-        f"duplicates dropped: {manifest['duplicates_dropped']}; "
-        f"excluded: {_counts(manifest['excluded'])}"
+        f"rows read: {rows['read']}; kept: {rows['kept']}; "
+        f"duplicates dropped: {rows['duplicates_dropped']}; "
+        f"excluded: {rows['excluded']} ({_counts(manifest['excluded'])}); "
+        f"in dropped classes: {rows['in_dropped_classes']}"
     )

@@ -5,9 +5,9 @@ larger than memory is read in bounded memory. A clean block is parsed by one
 call to Polars' typed CSV reader, with checks over the whole block
 (`_parse_clean`). A block that fails any check is parsed again as one String
 column of lines, split on the separator in Polars, which keeps exact line
-numbers for skipped rows. A CSV block that contains double quotes goes
-through Python's `csv` module instead, because a quoted field may contain
-the separator.
+numbers for skipped rows. A comma- or semicolon-separated block that
+contains double quotes goes through Python's `csv` module instead, because a
+quoted field may contain the separator.
 
 Three consecutive spaces are read as a field separator in every format: the
 IoT-23 labeling tool joined `tunnel_parents`, `label` and `detailed-label`
@@ -63,7 +63,7 @@ def read_delimited(
                 cut = chunk.find(b"\n") + 1
                 chunk, first_line = chunk[cut or len(chunk) :], 2
                 newlines -= cut > 0
-            if layout.separator == "," and b'"' in chunk:
+            if layout.separator != "\t" and b'"' in chunk:
                 yield _quoted_csv(_lines_frame(chunk, first_line), header, skips)
             else:
                 yield _parse_block(chunk, first_line, newlines, header, skips, fields)
@@ -415,7 +415,7 @@ def _quoted_csv(
         if _REPLACEMENT in text:
             skips.add(line, "invalid UTF-8")
             continue
-        row = next(csv.reader([text]))
+        row = next(csv.reader([text], delimiter=header.separator))
         if any(zeek.IOT23_LABEL_SEPARATOR in value for value in row):
             row = [
                 part

@@ -30,7 +30,9 @@ def inspect_logs(
     """Read every flow log under `paths` and return one result per file.
 
     A file that is not a flow log (or is damaged beyond single bad lines)
-    gives a `RejectedFile` instead of stopping the others.
+    gives a `RejectedFile` instead of stopping the others. A file whose
+    every data line was skipped keeps its report, and a warning gives the
+    reason (`FileReport.no_rows_message`).
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -51,5 +53,8 @@ def inspect_logs(
             log.debug("rejected %s: %s", path, error)
             results.append(RejectedFile(path=path, reason=str(error)))
             continue
+        message = report.no_rows_message()
+        if message is not None:
+            log.warning("%s", message)
         results.append(report)
     return results

@@ -4,11 +4,23 @@ The work runs in two passes, so memory stays bounded by the block size and
 the per-flow keys rather than by the logs:
 
 1. Every input file is read block by block. Each block's flows get a class
-   (flows of other classes are excluded and counted), are encoded by
-   `edgedp.features.encode`, and are written to a Parquet part file.
-2. The keys of all flows (`uid`, `ts`, class, input file) are loaded to drop
-   repeated flows and to assign splits. The part files are then read one at
-   a time and their rows appended to the split files.
+   (or none, for flows of other labels), and those with a class are encoded
+   by `edgedp.features.encode` and written to a Parquet part file. The keys
+   of the others are kept in memory.
+2. The keys of all flows read (`uid`, `ts`, class, input file, line) are
+   loaded to drop repeated flows and to assign splits. The part files are
+   then read one at a time and their rows appended to the split files.
+
+Every flow read is counted once, by the first of these rules that applies:
+
+- duplicate: the same flow (`uid` and `ts`) was read before, whatever the
+  label of either row;
+- excluded: its label matches no class;
+- in a dropped class: the split leaves its class empty in some split;
+- kept: the rest, which the split files contain.
+
+`dataset.json` records the four counts in total (`rows`) and per input file,
+and they add up to the rows read.
 
 Everything is written inside a temporary folder that replaces `out` only
 when the dataset is complete (`edgedp.atomic.directory`).
@@ -18,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +41,7 @@ import pyarrow.parquet as pq
 
 import edgedp
 from edgedp import atomic, config, features, zeek
-from edgedp.data import labels, readers, sources, splits
+from edgedp.data import labels, readers, records, sources, splits
 from edgedp.data.sources import FlowLogError
 from edgedp.dataset import (
     LABEL_COLUMN,
@@ -38,11 +51,13 @@ from edgedp.dataset import (
     PreparedDataset,
     load_prepared,
 )
+from edgedp.experiment import MAX_SEED
 
 log = logging.getLogger(__name__)
 
 _PARTS = ".parts"
 _FILE = "_file"
+_LINE = "_line"
 
 
 class PrepareError(ValueError):
@@ -86,43 +101,65 @@ def prepare_dataset(
     Raises:
         PrepareError: invalid settings, an input without labels, no flow of
             any requested class, or a split method that cannot be met.
-        FlowLogError: a file named in `paths` is not a flow log. Unreadable
-            files found by searching a folder are skipped and recorded under
-            `rejected` in `dataset.json` instead.
+        FlowLogError: a file named in `paths` is not a flow log, is damaged,
+            or has every data line skipped. Such files found by searching a
+            folder are set aside with a warning, none of their rows are kept,
+            and `dataset.json` lists them under `rejected` instead.
         FileExistsError: `out` exists and `overwrite` is not set.
+        OutputError: `out` cannot be created (`edgedp.atomic.check_writable`).
     """
-    classes = _check_settings(feature_set, classes, split, max_rows_per_file)
+    classes = _check_settings(feature_set, classes, split, seed, max_rows_per_file)
     mapping = dict(class_mapping or {})
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(
             f"{out} already exists; choose another folder or pass --overwrite"
         )
+    atomic.check_writable(out)
 
-    reports, rejected = _open_reports(paths, columns)
-    log.info("preparing %d input files into %s", len(reports), out)
+    named = {Path(p).resolve() for p in paths if Path(p).is_file()}
+    opened, rejected = _open_reports(paths, columns, named)
+    log.info("preparing %d input files into %s", len(opened), out)
 
     with atomic.directory(out, overwrite=overwrite) as folder:
         parts = folder / _PARTS
         parts.mkdir()
+        reports: list[readers.FileReport] = []
         excluded: list[pl.DataFrame] = []
-        part_files = []
-        for index, report in enumerate(reports):
-            part_files += _encode_file(
-                report,
-                index,
-                parts,
-                feature_set=feature_set,
-                classes=classes,
-                mapping=mapping,
-                excluded=excluded,
-                max_rows=max_rows_per_file,
-                chunk_bytes=chunk_bytes,
+        part_files: list[Path] = []
+        for report in opened:
+            try:
+                written, dropped = _encode_file(
+                    report,
+                    len(reports),
+                    parts,
+                    feature_set=feature_set,
+                    classes=classes,
+                    mapping=mapping,
+                    max_rows=max_rows_per_file,
+                    chunk_bytes=chunk_bytes,
+                )
+            except FlowLogError as error:
+                if report.path in named:
+                    raise
+                log.warning(
+                    "skipping %s, none of its rows are kept: %s", report.path, error
+                )
+                rejected.append({"path": str(report.path), "reason": str(error)})
+                continue
+            reports.append(report)
+            part_files += written
+            excluded += dropped
+        if not reports:
+            raise PrepareError(
+                "none of the input files could be read as a flow log; "
+                "see the warnings above for each file"
             )
 
         manifest = _write_splits(
             folder,
             part_files,
+            excluded,
             reports,
             classes=classes,
             split=split,
@@ -135,7 +172,6 @@ def prepare_dataset(
                 "feature_set": feature_set,
                 "feature_names": features.feature_names(feature_set),
                 "class_mapping": mapping,
-                "excluded": _count_excluded(excluded),
                 "rejected": rejected,
                 "max_rows_per_file": max_rows_per_file,
             }
@@ -152,6 +188,7 @@ def _check_settings(
     feature_set: str,
     classes: Sequence[str],
     split: str,
+    seed: int,
     max_rows_per_file: int | None,
 ) -> list[str]:
     if feature_set not in features.FEATURE_SETS:
@@ -162,6 +199,10 @@ def _check_settings(
     if split not in splits.METHODS:
         raise PrepareError(
             f"unknown split method {split!r}; choose {' or '.join(splits.METHODS)}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise PrepareError(
+            f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}"
         )
     if max_rows_per_file is not None and max_rows_per_file < 1:
         raise PrepareError(
@@ -177,16 +218,15 @@ def _check_settings(
 
 
 def _open_reports(
-    paths: Sequence[str | Path], columns: Sequence[str] | None
+    paths: Sequence[str | Path], columns: Sequence[str] | None, named: set[Path]
 ) -> tuple[list[readers.FileReport], list[dict[str, str]]]:
-    """Open every input file, skipping unreadable files found in folders.
+    """Open every input file, setting aside unreadable files found in folders.
 
-    A file named on the command line that is not a readable flow log stops
-    the run. A file that a folder search found is skipped with a warning and
-    listed in the returned rejections, so one odd export in a data folder
-    does not block the rest.
+    A file in `named` (given on the command line) that is not a readable
+    flow log stops the run. A file that a folder search found is skipped
+    with a warning and listed in the returned rejections, so one odd export
+    in a data folder does not block the rest.
     """
-    named = {Path(p).resolve() for p in paths if Path(p).is_file()}
     reports = []
     rejected = []
     for path in sources.find_logs(paths):
@@ -197,26 +237,7 @@ def _open_reports(
                 raise
             log.warning("skipping %s: %s", path, error)
             rejected.append({"path": str(path), "reason": str(error)})
-
-    if not reports:
-        raise PrepareError(
-            "none of the input files could be read as a flow log; "
-            "see the warnings above for each file"
-        )
     return reports, rejected
-
-
-def _count_excluded(excluded: list[pl.DataFrame]) -> dict[str, int]:
-    """Count excluded flows per source label, each (uid, ts) flow once.
-
-    The same flow found in several input files counts once, as it does in
-    the splits.
-    """
-    if not excluded:
-        return {}
-    flows = pl.concat(excluded).unique(subset=["uid", "ts"], keep="first")
-    counts = flows.get_column(labels.SOURCE_CLASS).value_counts(sort=True)
-    return {str(name): int(count) for name, count in counts.iter_rows()}
 
 
 def _encode_file(
@@ -227,12 +248,20 @@ def _encode_file(
     feature_set: str,
     classes: list[str],
     mapping: dict[str, str],
-    excluded: list[pl.DataFrame],
     max_rows: int | None,
     chunk_bytes: int,
-) -> list[Path]:
-    """Encode one input file into part files and return their paths."""
-    written = []
+) -> tuple[list[Path], list[pl.DataFrame]]:
+    """Encode one input file into part files.
+
+    Returns the part files and the keys of the flows without a class. A
+    file that fails while it is read leaves no part file behind.
+
+    Raises:
+        FlowLogError: the file is damaged, or every data line was skipped.
+        PrepareError: the file has no labels.
+    """
+    written: list[Path] = []
+    excluded: list[pl.DataFrame] = []
     frames = readers.read_flows(
         report.path,
         report=report,
@@ -241,27 +270,39 @@ def _encode_file(
         fields=record_fields(feature_set),
     )
     buffer = EncodeBuffer(feature_set)
-    for frame in frames:
-        frame = frame.with_columns(labels.source_class_expr())
-        sources_seen = frame.get_column(labels.SOURCE_CLASS).unique().to_list()
-        lookup = labels.class_lookup(sources_seen, classes, mapping)
-        frame = frame.with_columns(
-            pl.col(labels.SOURCE_CLASS)
-            .replace_strict(lookup, default=None, return_dtype=pl.Int64)
-            .alias(LABEL_INDEX_COLUMN)
-        )
-        dropped = frame.filter(pl.col(LABEL_INDEX_COLUMN).is_null())
-        excluded.append(dropped.select("uid", "ts", labels.SOURCE_CLASS))
-        kept = frame.filter(pl.col(LABEL_INDEX_COLUMN).is_not_null())
-        if not kept.height:
-            continue
+    try:
+        for frame in frames:
+            frame = frame.with_columns(labels.source_class_expr())
+            sources_seen = frame.get_column(labels.SOURCE_CLASS).unique().to_list()
+            lookup = labels.class_lookup(sources_seen, classes, mapping)
+            frame = frame.with_columns(
+                pl.col(labels.SOURCE_CLASS)
+                .replace_strict(lookup, default=None, return_dtype=pl.Int64)
+                .alias(LABEL_INDEX_COLUMN),
+                pl.lit(file_index, dtype=pl.Int32).alias(_FILE),
+                pl.col(records.LINE).alias(_LINE),
+            )
+            dropped = frame.filter(pl.col(LABEL_INDEX_COLUMN).is_null())
+            excluded.append(
+                dropped.select("uid", "ts", labels.SOURCE_CLASS, _FILE, _LINE)
+            )
+            kept = frame.filter(pl.col(LABEL_INDEX_COLUMN).is_not_null())
+            if not kept.height:
+                continue
 
-        encoded = encode_frame(kept, feature_set, out=buffer.rows(kept.height))
-        part = parts / f"{file_index:05d}-{len(written):05d}.parquet"
-        pq.write_table(
-            _part_table(kept, encoded, report, file_index, classes, feature_set), part
-        )
-        written.append(part)
+            encoded = encode_frame(kept, feature_set, out=buffer.rows(kept.height))
+            part = parts / f"{file_index:05d}-{len(written):05d}.parquet"
+            pq.write_table(
+                _part_table(kept, encoded, report, classes, feature_set), part
+            )
+            written.append(part)
+        message = report.no_rows_message()
+        if message is not None:
+            raise FlowLogError(message)
+    except FlowLogError:
+        for part in written:
+            part.unlink()
+        raise
 
     if not report.has_labels:
         raise PrepareError(
@@ -275,7 +316,7 @@ def _encode_file(
         report.rows_read,
         report.skipped.total,
     )
-    return written
+    return written, excluded
 
 
 def record_fields(feature_set: str) -> tuple[str, ...]:
@@ -364,7 +405,6 @@ def _part_table(
     frame: pl.DataFrame,
     encoded: np.ndarray,
     report: readers.FileReport,
-    file_index: int,
     classes: list[str],
     feature_set: str,
 ) -> pa.Table:
@@ -380,7 +420,8 @@ def _part_table(
             np.asarray(classes, dtype=object)[label_index], pa.string()
         ),
         LABEL_INDEX_COLUMN: pa.array(label_index, pa.int64()),
-        _FILE: pa.array(np.full(frame.height, file_index, dtype=np.int32)),
+        _FILE: frame.get_column(_FILE).to_arrow(),
+        _LINE: frame.get_column(_LINE).to_arrow(),
     }
     for position, name in enumerate(names):
         # Contiguous in a column-major array, so Arrow wraps it without a copy.
@@ -388,9 +429,65 @@ def _part_table(
     return pa.table(columns)
 
 
+@dataclass(frozen=True)
+class _FlowKeys:
+    """First occurrences among the flows read, and counts of the others.
+
+    The `part_*` arrays have one entry per row of the part files, in order.
+    The `*_by_file` arrays are indexed by input file.
+    """
+
+    part_first: np.ndarray
+    """True for a part row whose flow was not read before (in any file)."""
+    part_labels: np.ndarray
+    part_files: np.ndarray
+    duplicates_by_file: np.ndarray
+    excluded_by_file: np.ndarray
+    excluded_by_label: dict[str, int]
+
+
+def _read_keys(
+    part_files: list[Path], excluded: list[pl.DataFrame], file_count: int
+) -> _FlowKeys:
+    """Find the first occurrence of every flow (`uid`, `ts`) in reading order.
+
+    The keys of the part rows and of the flows without a class are merged
+    in the order they were read: by input file, then by line. So a flow read
+    again is a duplicate whether or not its label has a class.
+    """
+    frames = list(excluded)
+    if part_files:
+        columns = ["uid", "ts", LABEL_INDEX_COLUMN, _FILE, _LINE]
+        frames.append(pl.read_parquet(part_files, columns=columns))
+    keys = pl.concat(frames, how="diagonal").sort(_FILE, _LINE)
+    if LABEL_INDEX_COLUMN not in keys.columns:
+        keys = keys.with_columns(pl.lit(None, pl.Int64).alias(LABEL_INDEX_COLUMN))
+    if labels.SOURCE_CLASS not in keys.columns:
+        keys = keys.with_columns(pl.lit(None, pl.String).alias(labels.SOURCE_CLASS))
+
+    first = keys.select(pl.struct("uid", "ts").is_first_distinct()).to_series()
+    has_class = keys.get_column(LABEL_INDEX_COLUMN).is_not_null()
+    first_excluded = keys.filter(first & ~has_class)
+    by_label = first_excluded.get_column(labels.SOURCE_CLASS).value_counts(sort=True)
+
+    parts = keys.filter(has_class)
+    duplicates = keys.filter(~first).get_column(_FILE).to_numpy()
+    return _FlowKeys(
+        part_first=first.filter(has_class).to_numpy(),
+        part_labels=parts.get_column(LABEL_INDEX_COLUMN).to_numpy(),
+        part_files=parts.get_column(_FILE).to_numpy(),
+        duplicates_by_file=np.bincount(duplicates, minlength=file_count),
+        excluded_by_file=np.bincount(
+            first_excluded.get_column(_FILE).to_numpy(), minlength=file_count
+        ),
+        excluded_by_label={str(k): int(n) for k, n in by_label.iter_rows()},
+    )
+
+
 def _write_splits(
     folder: Path,
     part_files: list[Path],
+    excluded: list[pl.DataFrame],
     reports: list[readers.FileReport],
     *,
     classes: list[str],
@@ -398,22 +495,15 @@ def _write_splits(
     seed: int,
 ) -> dict[str, Any]:
     """Drop repeated flows, assign splits and write the split files."""
-    if not part_files:
+    keys = _read_keys(part_files, excluded, len(reports))
+    if not keys.part_first.any():
         read = sum(report.rows_read for report in reports)
         raise PrepareError(
             f"no flow of the classes {', '.join(classes)} in the input "
             f"({read} flows read); check --classes and --map, or the input files"
         )
-    keys = pl.read_parquet(part_files, columns=["uid", "ts", LABEL_INDEX_COLUMN, _FILE])
-    first = (
-        keys.select(pl.struct("uid", "ts").is_first_distinct()).to_series().to_numpy()
-    )
-    duplicates_by_file = np.bincount(
-        keys.get_column(_FILE).to_numpy()[~first], minlength=len(reports)
-    )
-
-    kept_labels = keys.get_column(LABEL_INDEX_COLUMN).to_numpy()[first]
-    kept_files = keys.get_column(_FILE).to_numpy()[first]
+    kept_labels = keys.part_labels[keys.part_first]
+    kept_files = keys.part_files[keys.part_first]
     fractions = config.SPLIT_FRACTIONS
     split_of_file: dict[str, str] = {}
     if split == splits.RANDOM:
@@ -454,7 +544,7 @@ def _write_splits(
         [kept_classes.index(name) if name in kept_classes else -1 for name in classes]
     )
 
-    split_rows = _copy_rows(folder, part_files, first, assignment, new_index)
+    split_rows = _copy_rows(folder, part_files, keys.part_first, assignment, new_index)
     counts = {
         name: {
             "rows": int(split_rows[name].sum()),
@@ -464,21 +554,57 @@ def _write_splits(
         }
         for name in SPLITS
     }
-    inputs = []
-    for report, duplicates in zip(reports, duplicates_by_file, strict=True):
-        entry = report.to_json()
-        entry["duplicates_dropped"] = int(duplicates)
-        if split_of_file:
-            entry["split"] = split_of_file.get(report.path.name)
-        inputs.append(entry)
+    inputs = _input_entries(reports, keys, new_index, split_of_file)
     return {
         "classes": kept_classes,
         "dropped_classes": short,
         "split": {"method": split, "fractions": dict(fractions), "seed": seed},
         "inputs": inputs,
         "splits": counts,
-        "duplicates_dropped": int((~first).sum()),
+        "rows": {
+            name: sum(entry[key] for entry in inputs)
+            for name, key in _ROW_COUNTS.items()
+        },
+        "duplicates_dropped": int(keys.duplicates_by_file.sum()),
+        "excluded": keys.excluded_by_label,
     }
+
+
+# Keys of `dataset.json["rows"]` and the per-input keys they add up. The last
+# four add up to the first.
+_ROW_COUNTS = {
+    "read": "rows_read",
+    "duplicates_dropped": "duplicates_dropped",
+    "excluded": "rows_excluded",
+    "in_dropped_classes": "rows_in_dropped_classes",
+    "kept": "rows_kept",
+}
+
+
+def _input_entries(
+    reports: list[readers.FileReport],
+    keys: _FlowKeys,
+    new_index: np.ndarray,
+    split_of_file: dict[str, str],
+) -> list[dict[str, Any]]:
+    """Return the `dataset.json` entry of every input file, with its row counts."""
+    file_count = len(reports)
+    kept = keys.part_first & (new_index[keys.part_labels] >= 0)
+    kept_by_file = np.bincount(keys.part_files[kept], minlength=file_count)
+    dropped_by_file = np.bincount(
+        keys.part_files[keys.part_first & ~kept], minlength=file_count
+    )
+    entries = []
+    for index, report in enumerate(reports):
+        entry = report.to_json()
+        entry["duplicates_dropped"] = int(keys.duplicates_by_file[index])
+        entry["rows_excluded"] = int(keys.excluded_by_file[index])
+        entry["rows_in_dropped_classes"] = int(dropped_by_file[index])
+        entry["rows_kept"] = int(kept_by_file[index])
+        if split_of_file:
+            entry["split"] = split_of_file.get(report.path.name)
+        entries.append(entry)
+    return entries
 
 
 def _copy_rows(
@@ -503,7 +629,7 @@ def _copy_rows(
             rows_split = split_of_row[start:stop]
             labels_new = new_index[table.column(LABEL_INDEX_COLUMN).to_numpy()]
             start = stop
-            table = table.drop_columns([_FILE]).set_column(
+            table = table.drop_columns([_FILE, _LINE]).set_column(
                 table.schema.get_field_index(LABEL_INDEX_COLUMN),
                 LABEL_INDEX_COLUMN,
                 pa.array(labels_new, pa.int64()),
@@ -537,6 +663,7 @@ def _ordered(manifest: dict[str, Any]) -> dict[str, Any]:
         "class_mapping",
         "split",
         "splits",
+        "rows",
         "duplicates_dropped",
         "excluded",
         "dropped_classes",

@@ -50,6 +50,28 @@ class FileReport:
         """Whether any row read so far has a label."""
         return any(value != MISSING_LABEL for value in self.labels)
 
+    def no_rows_message(self) -> str | None:
+        """Describe a file whose every data line was skipped, or return None.
+
+        The message names the file, the most common reason and the likely
+        fix. A file without data lines, or with at least one row read,
+        gives None.
+        """
+        if self.rows_read or not self.skipped.total:
+            return None
+        reason, count = self.skipped.counts.most_common(1)[0]
+        if not self.layout.header_row:
+            fix = (
+                "check that --columns names the file's columns in order "
+                "(conn-labeled for the 23 IoT-23 conn.log.labeled fields)"
+            )
+        else:
+            fix = "check that the file is a complete conn log or export"
+        return (
+            f"{self.path}: no rows read, all {self.skipped.total} data lines "
+            f"were skipped, most for {reason!r} ({count} lines); {fix}"
+        )
+
     def count(self, frame: pl.DataFrame) -> None:
         """Add one frame of flow records to the counts."""
         self.rows_read += frame.height

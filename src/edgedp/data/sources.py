@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import mmap
+import os
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from edgedp import zeek
+from edgedp import bundle, dataset, zeek
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +23,7 @@ CSV = "csv"
 TSV = "tsv"
 
 GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
 DEFAULT_CHUNK_BYTES = 32 << 20
 SNIFF_BYTES = 1 << 16
 
@@ -40,6 +44,25 @@ COLUMN_PRESETS: dict[str, tuple[str, ...]] = {
     "conn-labeled": zeek.LABELED_CONN_FIELDS,
 }
 """Names that `--columns` accepts in place of a list of field names."""
+
+# Files that mark a folder written by edgedp: a bundle, a prepared dataset or
+# a run folder. A folder search skips such folders and everything below them.
+# The run folder's state file name, `edgedp.study.layout.STATE`, is written out
+# here because importing the study package would load its runner.
+OUTPUT_MARKERS: tuple[str, ...] = (
+    bundle.MANIFEST_NAME,
+    dataset.MANIFEST_NAME,
+    "state.json",
+)
+
+# Separators that a CSV/TSV export may use. The one that occurs most often in
+# the header row is taken.
+EXPORT_SEPARATORS: tuple[str, ...] = ("\t", ",", ";")
+
+# Errors that reading a damaged file raises: gzip's EOFError for a file cut
+# short, zlib.error for corrupt deflate data, OSError (BadGzipFile) for a bad
+# header or trailer, and I/O errors.
+READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error)
 
 # Fields without which a file is not read as a conn log.
 REQUIRED_FIELDS: tuple[str, ...] = ("ts", "uid", "id.orig_p", "id.resp_p", "proto")
@@ -69,7 +92,8 @@ def find_logs(paths: Iterable[str | Path]) -> list[Path]:
     """Expand files and folders into the list of flow log files to read.
 
     Folders are searched recursively for names ending in `LOG_SUFFIXES`,
-    optionally followed by `.gz`, and return them sorted. Files are kept in
+    optionally followed by `.gz`, and return them sorted. Subfolders that
+    edgedp wrote (see `OUTPUT_MARKERS`) are not searched. Files are kept in
     the order given. A path given twice is read once.
 
     Raises:
@@ -80,9 +104,7 @@ def find_logs(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            matches = sorted(
-                p for p in path.rglob("*") if p.is_file() and _looks_like_log(p)
-            )
+            matches = sorted(_search_folder(path))
             if not matches:
                 log.warning("no flow log files found in %s", path)
             found.extend(matches)
@@ -99,6 +121,36 @@ def find_logs(paths: Iterable[str | Path]) -> list[Path]:
             + f"; expected names ending in {', '.join(LOG_SUFFIXES)} (or .gz)"
         )
     return unique
+
+
+def _search_folder(root: Path) -> Iterator[Path]:
+    """Yield the files under `root` with flow log names, skipping edgedp outputs."""
+    for folder, subfolders, files in os.walk(root):
+        kept = []
+        for name in subfolders:
+            marker = _output_marker(Path(folder) / name)
+            if marker is None:
+                kept.append(name)
+            else:
+                log.info(
+                    "not searching %s for flow logs: it contains %s, so it is "
+                    "an edgedp output",
+                    Path(folder) / name,
+                    marker,
+                )
+        subfolders[:] = kept
+        for name in files:
+            path = Path(folder) / name
+            if _looks_like_log(path) and path.is_file():
+                yield path
+
+
+def _output_marker(folder: Path) -> str | None:
+    """Return the name of the edgedp output file in `folder`, if there is one."""
+    for name in OUTPUT_MARKERS:
+        if (folder / name).is_file():
+            return name
+    return None
 
 
 def _looks_like_log(path: Path) -> bool:
@@ -127,28 +179,60 @@ class Block(NamedTuple):
 def read_chunks(path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Block]:
     """Yield the file in `Block`s of about `chunk_bytes` that end on a line break.
 
-    Only the file's last block may end without one. A plain file is memory
-    mapped and each block copied out of the map once. A gzipped file (or one
-    that cannot be mapped, such as a pipe) is read block by block, and a
-    block that ends inside a line is completed with `readline`, which copies
-    it once more. Memory use is about one block whatever the file size,
-    unless one line is longer than a block.
+    Only the file's last block may end without one. A UTF-8 byte-order mark
+    at the start of the file is removed. A plain file is memory mapped and
+    each block copied out of the map once. A gzipped file (or one that
+    cannot be mapped, such as a pipe) is read block by block, and a block
+    that ends inside a line is completed with `readline`, which copies it
+    once more. Memory use is about one block whatever the file size, unless
+    one line is longer than a block.
 
     Raises:
-        FlowLogError: the file cannot be read or decompressed.
+        FlowLogError: the file cannot be read or decompressed. The message
+            gives the last complete line before the damage.
     """
     line = 1
     with open_binary(path) as handle:
         try:
             for data in _blocks(handle, chunk_bytes):
+                if line == 1 and data.startswith(UTF8_BOM):
+                    data = data[len(UTF8_BOM) :]
                 newlines = data.count(b"\n")
                 yield Block(line, data, newlines)
                 line += newlines
-        except (OSError, EOFError) as error:
-            raise FlowLogError(
-                f"{path} could not be read after line {line}: {error}; "
-                "a gzip file may be damaged or truncated, so download it again"
-            ) from error
+        except READ_ERRORS as error:
+            raise FlowLogError(_damaged_message(path, error)) from error
+
+
+def _damaged_message(path: Path, error: BaseException) -> str:
+    """Describe a read error, with the last complete line before it.
+
+    A block is read in one call, so the lines before the damage within the
+    failing block are lost with the exception. The file is read again here,
+    one decompressed buffer at a time (`read1`), which keeps every byte that
+    decompressed before the damage. This costs a second read, but only of a
+    damaged file.
+    """
+    complete = 0
+    try:
+        with open_binary(path) as handle:
+            while piece := handle.read1(1 << 20):  # type: ignore[attr-defined]
+                complete += piece.count(b"\n")
+    except READ_ERRORS:
+        pass
+    place = f"after line {complete}" if complete else "before its first line"
+    return (
+        f"{path} is damaged {place} ({type(error).__name__}: {error}); "
+        f"{_download_hint(path)}"
+    )
+
+
+def _download_hint(path: Path) -> str:
+    with open(path, "rb") as handle:
+        compressed = handle.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+    if compressed:
+        return "the gzip file is damaged or truncated, so download it again"
+    return "the file could not be read, so check the disk or copy it again"
 
 
 def _blocks(handle: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
@@ -194,14 +278,17 @@ def _first_lines(path: Path) -> list[str]:
     try:
         with open_binary(path) as handle:
             head = handle.read(SNIFF_BYTES)
-    except (OSError, EOFError) as error:
-        raise FlowLogError(f"{path} could not be read: {error}") from error
+    except READ_ERRORS as error:
+        raise FlowLogError(
+            f"{path} could not be read ({type(error).__name__}: {error}); "
+            f"{_download_hint(path)}"
+        ) from error
     if b"\x00" in head:
         raise FlowLogError(
             f"{path} is not a flow log: it contains binary data (NUL bytes); "
             "pass Zeek conn logs, their JSON form, or CSV/TSV exports"
         )
-    text = head.decode("utf-8", errors="replace")
+    text = head.removeprefix(UTF8_BOM).decode("utf-8", errors="replace")
     lines = text.splitlines()
     if len(head) == SNIFF_BYTES and lines:
         lines = lines[:-1]  # the last line may be cut off
@@ -229,9 +316,11 @@ def detect_layout(path: Path, columns: Sequence[str] | None = None) -> Layout:
     if first.startswith(_ZEEK_FIRST_DIRECTIVES):
         return _zeek_tsv_layout(path, lines)
     if first.lstrip().startswith("{"):
+        _check_json_fields(path, lines)
         return Layout(format=ZEEK_JSON)
 
-    separator = "\t" if first.count("\t") >= first.count(",") else ","
+    # On a tie the earlier separator of EXPORT_SEPARATORS wins.
+    separator = max(EXPORT_SEPARATORS, key=first.count)
     fmt = TSV if separator == "\t" else CSV
     names = _split_names(first, separator)
     if "ts" in names and "uid" in names:
@@ -293,6 +382,37 @@ def _zeek_tsv_layout(path: Path, lines: list[str]) -> Layout:
         )
     _check_required(path, header.fields)
     return Layout(format=ZEEK_TSV, separator=header.separator)
+
+
+def _check_json_fields(path: Path, lines: list[str]) -> None:
+    """Check that the first JSON object of a file is a conn log record.
+
+    JSON files that are not flow logs (edgedp's own `dataset.json` or
+    `bundle.json`, or any other document) are indented over several lines
+    or lack the conn fields. Zeek's JSON writer puts one object on each
+    line and always writes the fields of `REQUIRED_FIELDS`.
+    """
+    for line in lines:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            _check_required(path, [zeek.canonical_field(k) for k in _keys(value)])
+            return
+    raise FlowLogError(
+        f"{path} is not a flow log: it starts with '{{' but none of its first "
+        "lines is a whole JSON object; a Zeek JSON log has one object per line"
+    )
+
+
+def _keys(value: dict[str, object], prefix: str = "") -> Iterator[str]:
+    """Yield the dotted names of a JSON object's fields, as Zeek writes them."""
+    for key, item in value.items():
+        if isinstance(item, dict):
+            yield from _keys(item, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
 
 
 def _split_names(line: str, separator: str) -> list[str]:
