@@ -71,3 +71,11 @@ def test_check_writable_rejects_file_parent(tmp_path):
 
     with pytest.raises(atomic.OutputError, match="not-a-folder"):
         atomic.check_writable(blocker / "out.json")
+
+
+def test_check_writable_rejects_file_as_folder(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+
+    with pytest.raises(atomic.OutputError, match="is a file, not a folder"):
+        atomic.check_writable(blocker / "out")

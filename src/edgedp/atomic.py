@@ -34,6 +34,15 @@ def check_writable(path: str | Path) -> None:
         OutputError: the parent folder cannot be created or written.
     """
     path = Path(path)
+    blocker = next(
+        (folder for folder in (path.parent, *path.parent.parents) if folder.exists()),
+        None,
+    )
+    if blocker is not None and not blocker.is_dir():
+        raise OutputError(
+            f"cannot write {path}: {blocker} is a file, not a folder; choose "
+            "another output location"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(
