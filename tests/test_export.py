@@ -4,7 +4,12 @@ each format, skipping and forcing, calibration sources and bad input."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +33,7 @@ from edgedp.data.prepare import prepare_dataset
 from edgedp.export import (
     CALIBRATION_SOURCES,
     CalibrationError,
+    _quiet_libraries,
     calibration_features,
     optimize_bundle,
     quantize_int8,
@@ -134,11 +140,14 @@ def test_cli_synthetic_then_skip_then_force(bundles, caplog):
         app, ["optimize", str(path), "--calibration", "synthetic"]
     )
 
+    # The fixture's bundles are trained without DP, so there is no guarantee
+    # for synthetic calibration to keep.
     assert result.exit_code == 0, result.output
-    assert "DP guarantee covered" in _plain(result.output)
+    assert "no DP guarantee" in _plain(result.output)
+    assert "covered" not in _plain(result.output)
     manifest = _manifest(path)
     assert manifest["privacy"]["calibration"]["source"] == "synthetic"
-    assert manifest["privacy"]["calibration"]["covered_by_dp"] is True
+    assert manifest["privacy"]["calibration"]["covered_by_dp"] is False
     assert (
         abs(
             manifest["formats"]["int8"]["validation"]["accuracy"]
@@ -318,3 +327,77 @@ def test_auto_falls_back_to_validation(bundles, monkeypatch, caplog):
     with caplog.at_level("INFO", logger="edgedp.export"):
         optimize_bundle(path)
     assert "up to date" in caplog.text
+
+
+def test_cli_optimize_prints_no_library_noise(bundles):
+    path = bundles.copy(bundles.classifier, "quiet")
+    edgedp = str(Path(sys.executable).with_name("edgedp"))
+
+    # A fresh process, because the libraries print most of it on first import.
+    done = subprocess.run(
+        [edgedp, "optimize", str(path), "--force"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    output = _plain(done.stdout + done.stderr)
+    assert done.returncode == 0, output
+    for noise in (
+        "Failed to load",
+        "Detected no triton",
+        "register_constant",
+        "FutureWarning",
+        "Estimated count of arithmetic ops",
+    ):
+        assert noise not in output
+    assert "converting" in output
+    assert "the bundle was trained without DP, so it has no DP guarantee" in output
+
+
+def test_quiet_libraries_hold_back_known_noise(caplog):
+    torchao = logging.getLogger("torchao")
+
+    with caplog.at_level("DEBUG"), pytest.warns(UserWarning, match="other"):
+        with _quiet_libraries():
+            torchao.warning("Failed to load /x/torchao/_C_mxfp8.so: not found")
+            torchao.error("Failed to load /x/torchao/_C_mxfp8.so: broken")
+            torchao.warning("an unknown torchao warning")
+            warnings.warn(
+                "`isinstance(treespec, LeafSpec)` is deprecated",
+                FutureWarning,
+                stacklevel=1,
+            )
+            warnings.warn("other", UserWarning, stacklevel=1)
+
+    shown = [(r.levelname, r.name, r.getMessage()) for r in caplog.records]
+    assert (
+        "ERROR",
+        "torchao",
+        "Failed to load /x/torchao/_C_mxfp8.so: broken",
+    ) in shown
+    assert ("WARNING", "torchao", "an unknown torchao warning") in shown
+    assert not any(
+        level == "WARNING" and "not found" in message for level, _, message in shown
+    )
+    debug = [message for level, _, message in shown if level == "DEBUG"]
+    assert any("held back WARNING from torchao" in m for m in debug)
+    assert any("held back FutureWarning" in m for m in debug)
+
+
+def test_cli_bench_unwritable_out_fails_first(bundles, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(bundles.classifier.root),
+            "--out",
+            str(tmp_path / "a-file" / "bench.json"),
+        ],
+    )
+
+    assert result.exit_code == 2
+    assert "cannot write" in _plain(result.output)
+    assert "Traceback" not in result.output

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -89,6 +91,9 @@ CALIBRATION_SOURCES: dict[str, CalibrationSource] = {
         ),
     )
 }
+
+NO_GUARANTEE = "the bundle was trained without DP, so it has no DP guarantee"
+"""The calibration `effect` recorded for a bundle trained without DP."""
 
 AUTO_CALIBRATION = "auto"
 DEFAULT_CALIBRATION = AUTO_CALIBRATION
@@ -332,29 +337,115 @@ def _check_width(calibration: np.ndarray, width: int) -> None:
 # Conversion and quantization.
 
 
+# Third-party messages that every conversion repeats and that say nothing
+# about the bundle, as (logger name, message pattern). torchao 0.18 logs the
+# first two when it is imported on a machine without CUDA kernels or Triton,
+# and torch 2.13 logs the third when torchao registers an Enum as a pytree
+# constant. The records are created on these loggers, so filters there catch
+# them before any handler, and `_HeldBack` writes them to edgedp's debug log.
+_HELD_BACK_RECORDS: tuple[tuple[str, str], ...] = (
+    ("torchao", r"^Failed to load .*torchao/_C"),
+    ("torchao.kernel.intmm", r"^Warning: Detected no triton"),
+    ("torch.utils._pytree", r"is an Enum subclass and is now natively supported"),
+)
+# Python warnings of the same kind, as (category, message pattern): torch
+# 2.13 warns that litert-torch 0.10 still uses `LeafSpec` while it exports.
+_HELD_BACK_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+)
+# TensorFlow's C++ log level for the converter, read from the environment:
+# 1 drops INFO lines such as the converter's op count and keeps warnings
+# and errors. A value the user set is kept.
+_CONVERTER_LOG_LEVEL = ("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+class _HeldBack(logging.Filter):
+    """Drop records below ERROR that match `pattern` and keep their text.
+
+    `logging.disable` in `_quiet_libraries` also drops edgedp's DEBUG
+    records, so the held-back messages are logged after the block.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = re.compile(pattern)
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR or not self.pattern.search(message):
+            return True
+        self.messages.append(f"{record.levelname} from {record.name}: {message}")
+        return False
+
+
 @contextlib.contextmanager
 def _quiet_libraries() -> Iterator[None]:
-    """Hold back the per-op INFO records and progress output of the converters.
+    """Hold back the converters' progress output and their known noise.
 
-    litert-torch and the quantizer log on the root logger, so a logger-level
-    filter cannot catch their records.
+    Inside the block: litert-torch and the quantizer log per-op INFO records
+    on the root logger, which only `logging.disable` can drop, and
+    litert-torch prints each step to its own Rich console. The records in
+    `_HELD_BACK_RECORDS` and the warnings in `_HELD_BACK_WARNINGS` go to the
+    debug log. Every other warning and record passes. Lines that native code
+    writes to stderr with no documented switch (absl's first-use notice,
+    "oneDNN custom operations are on", XNNPACK's delegate line) still appear.
     """
-    from litert_torch import progress
-
+    variable, level = _CONVERTER_LOG_LEVEL
+    previous_level = os.environ.get(variable)
+    os.environ.setdefault(variable, level)
+    filters = [
+        (logging.getLogger(name), _HeldBack(pattern))
+        for name, pattern in _HELD_BACK_RECORDS
+    ]
+    for target, held_back in filters:
+        target.addFilter(held_back)
     previous = logging.root.manager.disable
-    previous_quiet = progress.console.quiet
     logging.disable(logging.INFO)
-    # litert-torch prints each conversion step to its own Rich console.
-    progress.console.quiet = True
+    caught: list[warnings.WarningMessage] = []
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
             # The quantizer's calibration interpreter warns that it keeps
             # every tensor, which is what calibration needs.
             warnings.filterwarnings("ignore", message=".*preserve_all_tensors")
-            yield
+            # The first import of litert-torch loads torchao, which logs.
+            from litert_torch import progress
+
+            previous_quiet = progress.console.quiet
+            progress.console.quiet = True
+            try:
+                yield
+            finally:
+                progress.console.quiet = previous_quiet
     finally:
         logging.disable(previous)
-        progress.console.quiet = previous_quiet
+        for target, held_back in filters:
+            target.removeFilter(held_back)
+            for message in held_back.messages:
+                logger.debug("held back %s", message)
+        _release_warnings(caught)
+        if previous_level is None:
+            os.environ.pop(variable, None)
+
+
+def _release_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Log the known warnings at DEBUG and issue every other one again."""
+    for warning in caught:
+        text = str(warning.message)
+        known = any(
+            issubclass(warning.category, category) and re.search(pattern, text)
+            for category, pattern in _HELD_BACK_WARNINGS
+        )
+        if known:
+            logger.debug("held back %s: %s", warning.category.__name__, text)
+            continue
+        warnings.warn_explicit(
+            warning.message,
+            warning.category,
+            warning.filename,
+            warning.lineno,
+            source=warning.source,
+        )
 
 
 def _strip_names(content: bytes) -> bytes:
@@ -381,13 +472,14 @@ def convert_fp32(model, n_features: int) -> bytes:
     The model gets one input of shape (1, n_features). Tensor names are
     kept, because the quantizer keys its calibration by them.
     """
-    import litert_torch
     import torch
 
     sample = torch.zeros(1, n_features, dtype=torch.float32)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.tflite"
         with _quiet_libraries():
+            import litert_torch
+
             litert_torch.convert(model.eval(), (sample,)).export(str(path))
         return path.read_bytes()
 
@@ -640,12 +732,15 @@ def optimize_bundle(
 
     source = CALIBRATION_SOURCES[calibration]
     privacy = dict(bundle.manifest.get("privacy", {}))
+    covered_by_dp, effect = source.covered_by_dp, source.effect
+    if privacy.get("private") is False:
+        covered_by_dp, effect = False, NO_GUARANTEE
     privacy["calibration"] = {
         "source": calibration,
         "flows": len(flows),
         "seed": seed,
-        "covered_by_dp": source.covered_by_dp,
-        "effect": source.effect,
+        "covered_by_dp": covered_by_dp,
+        "effect": effect,
     }
     if "fallback_from" in recorded:
         privacy["calibration"]["fallback_from"] = recorded["fallback_from"]

@@ -16,6 +16,7 @@ from edgedp.export import (
     CALIBRATION_SOURCES,
     DEFAULT_CALIBRATION,
     DEFAULT_CALIBRATION_SIZE,
+    NO_GUARANTEE,
 )
 
 
@@ -92,12 +93,17 @@ def optimize(
         )
     console.print(table)
 
-    privacy = updated.manifest["privacy"]["calibration"]
-    covered = "covered" if privacy["covered_by_dp"] else "NOT covered"
-    console.print(
-        f"int8 calibration: {privacy['flows']} {privacy['source']} flows; "
-        f"DP guarantee {covered}: {privacy['effect']}"
+    ledger = updated.manifest["privacy"]
+    calibration_entry = ledger["calibration"]
+    summary = (
+        f"int8 calibration: {calibration_entry['flows']} "
+        f"{calibration_entry['source']} flows; "
     )
+    if ledger.get("private") is False:
+        console.print(summary + NO_GUARANTEE)
+        return
+    covered = "covered" if calibration_entry["covered_by_dp"] else "NOT covered"
+    console.print(summary + f"DP guarantee {covered}: {calibration_entry['effect']}")
 
 
 def _seconds(spread: dict[str, Any] | None) -> str:
@@ -150,6 +156,11 @@ def bench(
             f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}",
             param_hint="--variant",
         )
+    try:
+        atomic.check_writable(out)
+    except atomic.OutputError as error:
+        console.print(f"[red]error:[/] {error}", soft_wrap=True)
+        raise typer.Exit(2) from error
     try:
         results = bench_bundles(
             bundles,
