@@ -12,7 +12,7 @@ import pytest
 from edgedp import config
 from edgedp.bundle import BundleError, load_bundle
 from edgedp.dataset import MANIFEST_NAME
-from edgedp.evaluate import evaluate_bundle, score_outputs
+from edgedp.evaluate import EvaluationError, evaluate_bundle, score_outputs
 from edgedp.metrics import classification_metrics
 from edgedp.train import train_bundle
 
@@ -135,6 +135,82 @@ def test_cli_evaluate_prints_and_records(autoencoder):
     assert "roc_auc" in stored["torch"]
     # Only evaluation records the dataset; training's own entry does not.
     assert stored["torch"]["dataset"] == autoencoder.manifest["dataset"]["path"]
+
+
+@pytest.fixture(scope="module")
+def private_classifier(prepared_iot23, tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    return train_bundle(prepared_iot23, root / "ff_dp", epsilon=2.0, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def other_split(iot23, tmp_path_factory):
+    """The test fixture's logs prepared with another split seed."""
+    from edgedp.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("evaluate") / "seed3"
+    return prepare_dataset(
+        [iot23 / "zeek", iot23 / "csv", iot23 / "mixed"], out, seed=3
+    )
+
+
+def test_training_split_of_dp_bundle_rejected(private_classifier):
+    before = (private_classifier.root / "bundle.json").read_bytes()
+
+    with pytest.raises(EvaluationError, match="trained with DP.*private rows"):
+        evaluate_bundle(private_classifier, split="train")
+
+    assert (private_classifier.root / "bundle.json").read_bytes() == before
+
+
+def test_training_split_of_plain_bundle_recorded(classifier):
+    metrics = evaluate_bundle(classifier, split="train")
+
+    stored = load_bundle(classifier.root).manifest["metrics"]["train"]["torch"]
+    assert stored["rows"] == metrics["rows"]
+
+
+def test_other_split_dataset_rejected(private_classifier, other_split):
+    before = (private_classifier.root / "bundle.json").read_bytes()
+
+    with pytest.raises(EvaluationError, match="may be training rows"):
+        evaluate_bundle(private_classifier, other_split)
+
+    assert (private_classifier.root / "bundle.json").read_bytes() == before
+
+
+def test_other_dataset_scored_not_recorded(private_classifier, other_split):
+    before = (private_classifier.root / "bundle.json").read_bytes()
+
+    metrics = evaluate_bundle(private_classifier, other_split, other_dataset=True)
+
+    assert metrics["rows"] == len(other_split.split("test"))
+    assert (private_classifier.root / "bundle.json").read_bytes() == before
+
+
+def test_copied_dataset_accepted(classifier, prepared_iot23, tmp_path):
+    copy = tmp_path / "moved"
+    shutil.copytree(prepared_iot23.root, copy)
+
+    metrics = evaluate_bundle(classifier, copy, split="validation")
+
+    stored = load_bundle(classifier.root).manifest["metrics"]["validation"]["torch"]
+    assert stored["dataset"] == str(copy.resolve())
+    assert stored["rows"] == metrics["rows"]
+
+
+def test_cli_evaluate_rejects_training_split(private_classifier):
+    from typer.testing import CliRunner
+
+    from edgedp.cli import app, training  # noqa: F401  (registers `evaluate`)
+
+    result = CliRunner().invoke(
+        app, ["evaluate", str(private_classifier.root), "--split", "train"]
+    )
+
+    assert result.exit_code == 2
+    assert "trained with DP" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_single_class_predictions_warned(caplog):

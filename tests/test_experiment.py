@@ -111,6 +111,12 @@ def test_epsilon_none_and_whole_numbers():
     assert all(isinstance(e, float) for e in loaded.train.epsilons[1:])
 
 
+def test_epsilon_maximum_accepted():
+    loaded = _parse(f"[train]\nepsilons = [{config.MAX_EPSILON}]\n")
+
+    assert loaded.train.epsilons == (config.MAX_EPSILON,)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -136,6 +142,8 @@ def test_unknown_key_names_valid_ones(text, message):
         ("[train]\nseeds = []\n", "[train] seeds must be a non-empty list"),
         ('[train]\nepsilons = ["none", -1]\n', "[train] epsilons must"),
         ("[train]\nepsilons = [inf]\n", "[train] epsilons must"),
+        ("[train]\nepsilons = [1000.0]\n", "positive numbers up to 20"),
+        ("[quick.train]\nepsilons = [1e6]\n", "[quick.train] epsilons must"),
         ("[train]\ndelta = 1.5\n", "[train] delta must be between 0 and 1"),
         ("[train]\nmax_grad_norm = 0\n", "[train] max_grad_norm must be a positive"),
         ('[train]\nmodels = ["gbm"]\n', "[train] models must"),

@@ -1,6 +1,7 @@
 """DP-SGD wiring: settings checks, calibration, clipping, noise and sampling."""
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from torch import nn
 from edgedp.models import ReconstructionLoss
 from edgedp.privacy import (
     CLIPPING_MODES,
+    DeltaError,
     DPSettings,
     DPStep,
     PoissonSampler,
@@ -18,6 +20,7 @@ from edgedp.privacy import (
     compute_epsilon,
     private_ledger,
     random_generator,
+    suggested_delta,
 )
 
 
@@ -41,7 +44,8 @@ def _settings(**changes):
         ({"target_epsilon": math.nan}, "epsilon must be a positive number"),
         ({"target_delta": 0.0}, "delta must be above 0"),
         ({"target_delta": 1e-4}, r"below 1/N = 0.0001 for N = 10000"),
-        ({"target_delta": 0.5}, "pass a smaller --delta"),
+        ({"target_delta": 0.5}, "set a smaller --delta"),
+        ({"target_epsilon": 20.5}, "above the maximum of 20"),
         ({"max_grad_norm": 0.0}, "clipping norm"),
         ({"max_grad_norm": math.inf}, "clipping norm"),
         ({"epochs": 0}, "epochs must be at least 1"),
@@ -53,6 +57,41 @@ def _settings(**changes):
 def test_settings_reject(changes, message):
     with pytest.raises(PrivacyConfigError, match=message):
         _settings(**changes)
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [(2, 0.01), (10_000, 1e-5), (34_015, 1e-6), (100_001, 1e-7), (462_900, 1e-7)],
+)
+def test_suggested_delta_below_one_tenth(rows, expected):
+    suggestion = suggested_delta(rows)
+
+    assert suggestion == pytest.approx(expected)
+    assert suggestion <= 1 / (10 * rows)
+
+
+def test_default_delta_error_suggests_from_rows():
+    with pytest.raises(DeltaError) as caught:
+        _settings(rows=462_900, target_delta=1e-5, expected_batch_size=2048)
+
+    message = str(caught.value)
+    assert "below 1/N = 2.16e-06 for N = 462900" in message
+    assert "set a smaller --delta, such as 1e-07" in message
+    assert "such as 1e-05" not in message
+
+
+def test_delta_error_names_experiment_setting():
+    with pytest.raises(DeltaError) as caught:
+        _settings(rows=462_900, target_delta=1e-5, expected_batch_size=2048)
+
+    renamed = caught.value.for_setting("[train] delta")
+    # Grid workers send their errors to the run pickled.
+    restored = pickle.loads(pickle.dumps(renamed))
+
+    assert isinstance(restored, PrivacyConfigError)
+    assert "set a smaller [train] delta, such as 1e-07" in str(restored)
+    assert "--delta" not in str(restored)
+    assert restored.rows == 462_900
 
 
 def test_settings_steps_and_rate():

@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from edgedp import config
+from edgedp.atomic import OutputError
 from edgedp.bundle import TORCH_WEIGHTS, load_bundle
-from edgedp.dataset import MANIFEST_NAME, DatasetError
+from edgedp.dataset import MANIFEST_NAME, DatasetError, load_prepared
 from edgedp.metrics import classification_metrics
 from edgedp.models import ModelSpec, load_model
 from edgedp.privacy import PrivacyConfigError, compute_epsilon
-from edgedp.train import TRAIN_LOG, TrainingError, train_bundle
+from edgedp.train import TRAIN_LOG, TrainingError, dataset_fingerprint, train_bundle
 
 
 def _majority_baseline(labels, classes):
@@ -185,6 +186,9 @@ def test_existing_bundle_rejected_first(prepared_iot23, tmp_path):
         ({"epsilon": 1.0, "batch_size": 10**6}, PrivacyConfigError, "smaller batch"),
         ({"epsilon": 0.005}, PrivacyConfigError, "larger epsilon"),
         ({"model": "cnn"}, TrainingError, "use ff"),
+        ({"epsilon": 1000.0}, TrainingError, "above the maximum of 20"),
+        ({"seed": -3}, TrainingError, "seed must be a whole number from 0"),
+        ({"seed": 2**32}, TrainingError, "seed must be a whole number from 0"),
         ({"clipping": "none"}, TrainingError, "clipping mode"),
     ],
 )
@@ -193,6 +197,34 @@ def test_bad_settings_rejected(prepared_iot23, tmp_path, options, error, message
         train_bundle(prepared_iot23, tmp_path / "bundle", **options)
 
     assert not (tmp_path / "bundle").exists()
+
+
+def test_unwritable_out_rejected_before_training(prepared_iot23, tmp_path, caplog):
+    (tmp_path / "a-file").write_text("not a folder")
+
+    with caplog.at_level("INFO", logger="edgedp"):
+        with pytest.raises(OutputError, match="cannot write .*a-file"):
+            train_bundle(prepared_iot23, tmp_path / "a-file" / "bundle", epochs=1)
+
+    assert "training classifier" not in caplog.text
+
+
+def test_fingerprint_recorded_not_path(bundles, prepared_iot23, tmp_path):
+    copy = load_prepared(_copy_dataset(prepared_iot23, tmp_path / "copy"))
+    recorded = bundles["ff_plain"].manifest["dataset"]
+
+    assert recorded["fingerprint"] == dataset_fingerprint(prepared_iot23)
+    assert dataset_fingerprint(copy) == recorded["fingerprint"]
+
+
+def test_fingerprint_changes_with_split(prepared_iot23, tmp_path):
+    copy = _copy_dataset(prepared_iot23, tmp_path / "fewer")
+    table = pq.read_table(copy / "test.parquet")
+    pq.write_table(table.slice(1), copy / "test.parquet")
+
+    assert dataset_fingerprint(load_prepared(copy)) != dataset_fingerprint(
+        prepared_iot23
+    )
 
 
 def _copy_dataset(dataset, destination):
@@ -257,6 +289,36 @@ def test_cli_train_reports_bad_input(prepared_iot23, tmp_path):
     assert "already exists" in taken.output
     assert not_a_number.exit_code == 2
     assert "'high' is not a number" in not_a_number.output
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--epsilon", "inf"], "pass --epsilon none to train without DP"),
+        (["--epsilon", "1000"], "above the maximum of 20"),
+        (["--epsilon", "1e6"], "above the maximum of 20"),
+        (["--epsilon", "1", "--seed", "-3"], "--seed"),
+        (["--epsilon", "none", "--out", "{file}/bundle"], "cannot write"),
+    ],
+)
+def test_cli_train_rejects_before_work(prepared_iot23, tmp_path, options, message):
+    from typer.testing import CliRunner
+
+    from edgedp.cli import app, training  # noqa: F401  (registers `train`)
+
+    (tmp_path / "a-file").write_text("not a folder")
+    options = [o.replace("{file}", str(tmp_path / "a-file")) for o in options]
+    if "--out" not in options:
+        options += ["--out", str(tmp_path / "bundle")]
+
+    result = CliRunner().invoke(
+        app, ["train", "--data", str(prepared_iot23.root), *options]
+    )
+
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.replace("│", " ").split())
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
 def test_cli_interrupt_leaves_no_bundle(prepared_iot23, tmp_path):

@@ -25,6 +25,12 @@ SPLIT_FRACTIONS: dict[str, float] = {"train": 0.5, "test": 0.3, "validation": 0.
 STUDY_EPSILONS: tuple[float | None, ...] = (None, 2.0, 1.0, 0.5)
 DEFAULT_DELTA = 1e-5
 DEFAULT_MAX_GRAD_NORM = 1.0
+# Largest target epsilon that training and the experiment file accept. At
+# epsilon 20 a membership test may already reach a true-positive rate e^20
+# (about 5e8) times its false-positive rate, which says nothing useful. Past
+# it the PRV accountant's noise calibration slows down until it hangs or runs
+# out of memory (docs/privacy.md gives the measurements and the command).
+MAX_EPSILON = 20.0
 
 CLASSIFIER_EPOCHS = 15
 AUTOENCODER_EPOCHS = 25
@@ -37,6 +43,9 @@ STUDY_AE_THRESHOLD = 0.16
 STUDY_BENCH_FLOWS = 7000
 
 DEFAULT_SEED = 0
+# Seeds are whole numbers from 0 to MAX_SEED in the experiment file and the
+# commands. numpy's SeedSequence, which splits them, rejects negative seeds.
+MAX_SEED = 2**32 - 1
 
 # Training seeds: every model and privacy level is trained once per seed, and
 # the report gives the mean and standard deviation over them.

@@ -124,12 +124,63 @@ def predict_bundle(bundle: Bundle, split: Split, model_format: str) -> np.ndarra
     return np.asarray(runner.predict(split.features))
 
 
+class EvaluationError(ValueError):
+    """A split or dataset whose scores must not be recorded in the bundle."""
+
+
+def is_training_dataset(bundle: Bundle, dataset: PreparedDataset) -> bool:
+    """Tell whether `dataset` is the prepared dataset `bundle` was trained on.
+
+    Compares `dataset_fingerprint` with the fingerprint in `bundle.json`.
+    A bundle trained before fingerprints were recorded has only the
+    dataset's path, so for it the resolved paths are compared.
+    """
+    from edgedp.train import dataset_fingerprint
+
+    recorded = bundle.manifest.get("dataset")
+    if not isinstance(recorded, dict):
+        recorded = {"path": recorded}
+    if recorded.get("fingerprint"):
+        return recorded["fingerprint"] == dataset_fingerprint(dataset)
+    path = recorded.get("path")
+    return path is not None and Path(path).resolve() == dataset.root.resolve()
+
+
+def _check_scored_rows(
+    bundle: Bundle,
+    dataset: PreparedDataset,
+    split: str,
+    *,
+    own_dataset: bool,
+    other_dataset: bool,
+) -> None:
+    """Reject scores on private training rows or on a dataset of other splits."""
+    private = bool(bundle.manifest.get("privacy", {}).get("private"))
+    if private and split == "train":
+        raise EvaluationError(
+            f"{bundle.root} was trained with DP, and metrics on its training "
+            "split would be computed on private rows outside the DP mechanism "
+            "and published in bundle.json, which the guarantee does not cover; "
+            "score the validation or test split instead"
+        )
+    if own_dataset or other_dataset:
+        return
+    raise EvaluationError(
+        f"{dataset.root} is not the prepared dataset {bundle.root} was trained "
+        "on (its split files differ), so its test and validation rows may be "
+        "training rows of the bundle and the scores would overstate accuracy; "
+        "omit --data to use the bundle's own dataset, or pass --other-dataset "
+        "to score it anyway without recording the result in bundle.json"
+    )
+
+
 def evaluate_bundle(
     bundle: Bundle | str | Path,
     data: str | Path | PreparedDataset | None = None,
     *,
     split: str = "test",
     model_format: str = "torch",
+    other_dataset: bool = False,
 ) -> dict[str, Any]:
     """Score a bundle on one split and record the result in its `bundle.json`.
 
@@ -137,22 +188,33 @@ def evaluate_bundle(
         bundle: an opened bundle or its folder; its files are verified by
             sha256 and `bundle.json` is read again.
         data: the prepared dataset, by default the one in `bundle.json`.
-        split: `train`, `validation` or `test`.
+        split: `train`, `validation` or `test`. `train` is rejected for a
+            DP-trained bundle.
         model_format: `torch` (the trained weights), or `fp32` / `int8`, the
             LiteRT models that `edgedp optimize` adds.
+        other_dataset: score `data` even when it is not the dataset the
+            bundle was trained on (see `is_training_dataset`), and return
+            the scores without recording them.
 
     Returns:
-        The metrics, also stored as `metrics[split][model_format]`.
+        The metrics, also stored as `metrics[split][model_format]` unless
+        `other_dataset` is set.
 
     Raises:
         BundleError: the bundle is altered, lacks the requested model, or the
             dataset has another encoder version, classes or features.
         DatasetError: the dataset or split is missing.
+        EvaluationError: `train` on a DP-trained bundle, or another dataset
+            without `other_dataset`.
     """
     # Reread bundle.json even for an opened bundle, so that metrics another
     # call recorded since it was opened are kept.
     bundle = load_bundle(bundle.root if isinstance(bundle, Bundle) else bundle)
     dataset = open_dataset(bundle, data)
+    own_dataset = is_training_dataset(bundle, dataset)
+    _check_scored_rows(
+        bundle, dataset, split, own_dataset=own_dataset, other_dataset=other_dataset
+    )
     rows = dataset.split(split)
     logger.info(
         "evaluating %s (%s) on %d %s rows of %s",
@@ -173,6 +235,13 @@ def evaluate_bundle(
     )
     result["dataset"] = str(dataset.root.resolve())
     result["rows"] = len(rows)
+    if other_dataset:
+        logger.info(
+            "not recording the scores of %s in %s (other dataset)",
+            dataset.root,
+            bundle.root,
+        )
+        return result
 
     metrics = copy.deepcopy(bundle.manifest.get("metrics") or {})
     metrics.setdefault(split, {})[model_format] = result

@@ -55,7 +55,7 @@ CALIBRATION_SOURCES: tuple[str, ...] = ("auto", "validation", "train", "syntheti
 # file, because TOML has no null value.
 NO_PRIVACY = "none"
 
-MAX_SEED = 2**32 - 1
+MAX_SEED = config.MAX_SEED
 
 Override = tuple[tuple[str, ...], Any]
 """One setting of the quick profile: key path (section, ..., key) and value."""
@@ -253,7 +253,9 @@ class ModelSettings:
 
 
 def _is_epsilon(value: Any) -> bool:
-    return value is None or (_is_finite_number(value) and value > 0)
+    return value is None or (
+        _is_finite_number(value) and 0 < value <= config.MAX_EPSILON
+    )
 
 
 def _is_seed(value: Any) -> bool:
@@ -287,7 +289,8 @@ class TrainSettings:
             "epsilons",
             self.epsilons,
             _is_epsilon,
-            f'positive numbers or "{NO_PRIVACY}" for no privacy',
+            f"positive numbers up to {config.MAX_EPSILON:g} (the largest "
+            f'target that training accepts) or "{NO_PRIVACY}" for no privacy',
         )
         _set(self, "epsilons", tuple(_as_float(e) for e in self.epsilons))
 

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgedp import config
+
 logger = logging.getLogger(__name__)
 
 ACCOUNTANT = "prv"
@@ -38,6 +40,8 @@ NEIGHBOURING = "add or remove one flow record"
 GHOST_CLIPPING = "ghost"
 PER_SAMPLE_CLIPPING = "per_sample"
 CLIPPING_MODES: tuple[str, ...] = (GHOST_CLIPPING, PER_SAMPLE_CLIPPING)
+
+MAX_EPSILON = config.MAX_EPSILON
 
 # Largest noise multiplier that calibration considers. Past it the noise
 # standard deviation is 200 clipping norms per step, which leaves no usable
@@ -51,6 +55,48 @@ History = list[tuple[float, float, int]]
 
 class PrivacyConfigError(ValueError):
     """DP settings that cannot be trained, with what to change."""
+
+
+def suggested_delta(rows: int) -> float:
+    """Return the largest power of ten at or below 1 / (10 N) for N = `rows`.
+
+    This is the delta that errors suggest. A delta just under 1/N still
+    allows a mechanism that publishes a whole row with probability delta,
+    so the suggestion stays an order of magnitude below 1/N.
+    """
+    return 10.0 ** math.floor(math.log10(1 / (10 * max(rows, 1))))
+
+
+class DeltaError(PrivacyConfigError):
+    """A delta that is not above 0 and below 1 / N for N rows of the population.
+
+    The message names `setting` as the thing to change: `--delta` of `edgedp
+    train` by default. `for_setting` returns the same error naming another
+    setting, such as the experiment file's `[train] delta`.
+    """
+
+    def __init__(
+        self, delta: float, rows: int, population: str, setting: str = "--delta"
+    ) -> None:
+        self.delta = delta
+        self.rows = rows
+        self.population = population
+        self.setting = setting
+        super().__init__(
+            f"delta must be above 0 and below 1/N = {1 / rows:.3g} for "
+            f"N = {rows} {population}, got {delta:g}; a delta of 1/N or more "
+            f"allows publishing a whole row, so set a smaller {setting}, such "
+            f"as {suggested_delta(rows):g}"
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[float, int, str, str]]:
+        # Worker processes send exceptions back pickled; the default would
+        # call __init__ with the message alone.
+        return (type(self), (self.delta, self.rows, self.population, self.setting))
+
+    def for_setting(self, setting: str) -> DeltaError:
+        """Return this error with a message that names `setting`."""
+        return DeltaError(self.delta, self.rows, self.population, setting)
 
 
 @dataclass(frozen=True)
@@ -82,18 +128,15 @@ class DPSettings:
                 f"epsilon must be a positive number, got {self.target_epsilon}; "
                 "use none for a non-private run"
             )
+        if self.target_epsilon > MAX_EPSILON:
+            raise PrivacyConfigError(epsilon_limit_message(self.target_epsilon))
         if self.rows < 2:
             raise PrivacyConfigError(
                 f"DP training needs at least 2 rows in the {self.population}, "
                 f"got {self.rows}; prepare a larger dataset"
             )
         if not 0 < self.target_delta < 1 / self.rows:
-            raise PrivacyConfigError(
-                f"delta must be above 0 and below 1/N = {1 / self.rows:.3g} for "
-                f"N = {self.rows} {self.population}, got {self.target_delta:g}; "
-                "a delta of 1/N or more allows publishing a whole row, so pass "
-                "a smaller --delta such as 1e-5"
-            )
+            raise DeltaError(self.target_delta, self.rows, self.population)
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
             raise PrivacyConfigError(
                 f"the clipping norm (max grad norm) must be positive, got "
@@ -117,6 +160,16 @@ class DPSettings:
     def steps(self) -> int:
         """Planned optimizer steps: `epochs * round(1 / q)`."""
         return self.epochs * round(1 / self.sample_rate)
+
+
+def epsilon_limit_message(epsilon: float) -> str:
+    """Return the error message for a target epsilon above `MAX_EPSILON`."""
+    return (
+        f"epsilon {epsilon:g} is above the maximum of {MAX_EPSILON:g}: a "
+        "guarantee that weak says nothing useful, and the PRV accountant "
+        "cannot calibrate the noise for it in reasonable time; choose an "
+        f"epsilon up to {MAX_EPSILON:g}, or none to train without DP"
+    )
 
 
 def _create_accountant(name: str):

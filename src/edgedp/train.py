@@ -14,6 +14,7 @@ DataLoader sits in the loop.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import math
@@ -27,8 +28,15 @@ from typing import Any
 import numpy as np
 
 from edgedp import config
-from edgedp.bundle import TORCH_WEIGHTS, Bundle, create_bundle
-from edgedp.dataset import PreparedDataset, Split, load_prepared
+from edgedp.atomic import check_writable
+from edgedp.bundle import TORCH_WEIGHTS, Bundle, create_bundle, sha256_file
+from edgedp.dataset import (
+    SPLITS,
+    DatasetError,
+    PreparedDataset,
+    Split,
+    load_prepared,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +94,7 @@ class TrainSettings:
     secure_randomness: bool = False
 
     def __post_init__(self) -> None:
-        from edgedp.privacy import CLIPPING_MODES
+        from edgedp.privacy import CLIPPING_MODES, epsilon_limit_message
 
         if self.model not in MODEL_CHOICES:
             raise TrainingError(
@@ -108,6 +116,13 @@ class TrainSettings:
             raise TrainingError(
                 f"epsilon must be a positive number, got {self.epsilon}; "
                 "use none for a non-private run"
+            )
+        if self.epsilon is not None and self.epsilon > config.MAX_EPSILON:
+            raise TrainingError(epsilon_limit_message(self.epsilon))
+        if not 0 <= self.seed <= config.MAX_SEED:
+            raise TrainingError(
+                f"the seed must be a whole number from 0 to {config.MAX_SEED}, "
+                f"got {self.seed}"
             )
         if not 0 < self.delta < 1:
             raise TrainingError(
@@ -189,6 +204,24 @@ def _check_dataset(dataset: PreparedDataset, train: Split, settings: TrainSettin
             "rows for the autoencoder to learn from; prepare it from logs with "
             "benign traffic"
         )
+
+
+def dataset_fingerprint(dataset: PreparedDataset) -> str:
+    """Return the sha256 of a prepared dataset's split files, as hex.
+
+    Two preparations with the same rows in the same splits have the same
+    fingerprint wherever they are stored, because `edgedp prepare` writes the
+    same bytes for the same inputs and settings. Another split seed, method
+    or input gives another fingerprint. So does the same data written by
+    another pyarrow version, which makes the check stricter than needed.
+    """
+    digest = hashlib.sha256()
+    for name in SPLITS:
+        path = dataset.root / f"{name}.parquet"
+        if not path.is_file():
+            raise DatasetError(f"{path} is missing; rerun `edgedp prepare`")
+        digest.update(f"{name} {sha256_file(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def training_population(
@@ -453,6 +486,7 @@ def train_bundle(
         PrivacyConfigError: DP settings that cannot reach the target epsilon.
         DatasetError: the dataset is missing or from another encoder version.
         FileExistsError: `out` exists and `overwrite` is not set.
+        OutputError: `out` cannot be written; raised before training starts.
     """
     import torch
 
@@ -486,6 +520,7 @@ def train_bundle(
             f"{out} already exists; choose another bundle folder or pass "
             "--overwrite to replace it"
         )
+    check_writable(out)
 
     with _captured_log() as log, _torch_runtime(settings.threads):
         root = data.root if isinstance(data, PreparedDataset) else data
@@ -597,6 +632,7 @@ def train_bundle(
             "path": str(dataset.root.resolve()),
             "encoder_version": dataset.encoder_version,
             "feature_set": dataset.manifest.get("feature_set"),
+            "fingerprint": dataset_fingerprint(dataset),
         },
         "privacy": ledger,
         "training": {

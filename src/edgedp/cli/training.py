@@ -17,7 +17,7 @@ from edgedp.train import DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE, DEFAULT_THRE
 
 
 def _epsilon(value: str) -> float | None:
-    if value.strip().lower() in ("none", "inf", "off"):
+    if value.strip().lower() in ("none", "off"):
         return None
     try:
         epsilon = float(value)
@@ -27,9 +27,25 @@ def _epsilon(value: str) -> float | None:
             "or none for a non-private run",
             param_hint="--epsilon",
         ) from error
+    if math.isinf(epsilon):
+        # An infinite epsilon is no guarantee at all; training without DP
+        # must be asked for by name, so that a typo cannot turn DP off.
+        raise typer.BadParameter(
+            f"epsilon {value} is not a DP guarantee; pass --epsilon none to "
+            "train without DP",
+            param_hint="--epsilon",
+        )
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise typer.BadParameter(
             f"epsilon must be positive, got {value}; use none for a non-private run",
+            param_hint="--epsilon",
+        )
+    if epsilon > config.MAX_EPSILON:
+        raise typer.BadParameter(
+            f"epsilon {value} is above the maximum of {config.MAX_EPSILON:g}, "
+            "where the guarantee says nothing useful and noise calibration "
+            f"stops working (docs/privacy.md); choose up to "
+            f"{config.MAX_EPSILON:g}, or none to train without DP",
             param_hint="--epsilon",
         )
     return epsilon
@@ -156,7 +172,12 @@ def train(
         ),
     ] = None,
     seed: Annotated[
-        int, typer.Option(help="Seed of weight init, batches and DP noise.")
+        int,
+        typer.Option(
+            min=0,
+            max=config.MAX_SEED,
+            help="Seed of weight init, batches and DP noise, from 0 to 2^32-1.",
+        ),
     ] = config.DEFAULT_SEED,
     clipping: Annotated[
         str,
@@ -190,6 +211,7 @@ def train(
     ] = False,
 ) -> None:
     """Train one model, plain or with DP-SGD, and write its bundle."""
+    from edgedp.atomic import OutputError
     from edgedp.bundle import BundleError
     from edgedp.dataset import DatasetError
     from edgedp.privacy import PrivacyConfigError
@@ -219,6 +241,7 @@ def train(
         DatasetError,
         BundleError,
         FileExistsError,
+        OutputError,
     ) as error:
         console.print(f"[red]error:[/] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
@@ -244,7 +267,11 @@ def evaluate(
         ),
     ] = None,
     split: Annotated[
-        str, typer.Option(help="Split to score: train, validation or test.")
+        str,
+        typer.Option(
+            help="Split to score: validation or test, or train for a bundle "
+            "trained without DP."
+        ),
     ] = "test",
     model_format: Annotated[
         str,
@@ -254,6 +281,15 @@ def evaluate(
             "optimize).",
         ),
     ] = "torch",
+    other_dataset: Annotated[
+        bool,
+        typer.Option(
+            "--other-dataset",
+            help="Accept a --data dataset other than the one the bundle was "
+            "trained on. Its rows may include the bundle's training rows, so "
+            "the scores are printed and not recorded in bundle.json.",
+        ),
+    ] = False,
 ) -> None:
     """Score a bundle on a split and record the metrics in its bundle.json."""
     from edgedp.bundle import BundleError
@@ -261,13 +297,25 @@ def evaluate(
     from edgedp.evaluate import evaluate_bundle
 
     try:
-        metrics = evaluate_bundle(bundle, data, split=split, model_format=model_format)
+        metrics = evaluate_bundle(
+            bundle,
+            data,
+            split=split,
+            model_format=model_format,
+            other_dataset=other_dataset,
+        )
     except (ValueError, DatasetError, BundleError, FileNotFoundError) as error:
         console.print(f"[red]error:[/] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
 
     for table in _metrics_tables(f"{split} metrics ({model_format})", metrics):
         console.print(table)
+    if other_dataset:
+        console.print(
+            f"not recorded in {bundle / 'bundle.json'} (--other-dataset)",
+            soft_wrap=True,
+        )
+        return
     console.print(
         f"recorded in {bundle / 'bundle.json'} under metrics.{split}.{model_format}",
         soft_wrap=True,
