@@ -552,6 +552,8 @@ def test_truncated_gzip_served(gateway_bundles, iot23, tmp_path):
         result.stderr
     )
     assert len(_read_alerts(alerts)) == len(complete)
+    (last,) = [line for line in result.stderr.splitlines() if "stopped after" in line]
+    assert "events: corrupt_file 1" in last
 
 
 def test_csv_input_rejected(gateway_bundles, iot23):
@@ -563,3 +565,83 @@ def test_csv_input_rejected(gateway_bundles, iot23):
     assert f"error: {csv_log} is not a Zeek conn log" in result.stderr
     assert "looks like a CSV export" in result.stderr
     assert "field_count" not in result.stderr
+
+
+def test_alerts_folder_rejected(gateway_bundles, iot23, tmp_path):
+    result = _serve_cli(
+        [str(gateway_bundles["classifier"]), "--input", str(iot23 / ZEEK_LOGS["5-1"])]
+        + ["--alerts", str(tmp_path)]
+    )
+
+    assert result.returncode == 2
+    assert f"error: the alert output {tmp_path} is a folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_alerts_rejected(gateway_bundles, iot23, tmp_path):
+    # Root may write anywhere, but not below a regular file.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    alerts = blocker / "alerts.jsonl"
+
+    result = _serve_cli(
+        [str(gateway_bundles["classifier"]), "--input", str(iot23 / ZEEK_LOGS["5-1"])]
+        + ["--alerts", str(alerts)]
+    )
+
+    assert result.returncode == 2
+    assert f"error: cannot write {alerts}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("kind", "option", "value"),
+    [
+        ("autoencoder", "--threshold", "nan"),
+        ("autoencoder", "--threshold", "inf"),
+        ("classifier", "--max-delay", "nan"),
+        ("classifier", "--stats-interval", "inf"),
+        ("classifier", "--poll-interval", "nan"),
+    ],
+)
+def test_non_finite_option_rejected(gateway_bundles, iot23, kind, option, value):
+    result = _serve_cli(
+        [str(gateway_bundles[kind]), "--input", str(iot23 / ZEEK_LOGS["5-1"])]
+        + ["--alerts", "/dev/null", option, value]
+    )
+
+    assert result.returncode == 2
+    assert f"must be a finite number, got {value}" in result.stderr
+
+
+def test_threshold_on_classifier_warns(gateway_bundles, iot23):
+    result = _serve_cli(
+        [str(gateway_bundles["classifier"]), "--input", str(iot23 / ZEEK_LOGS["5-1"])]
+        + ["--alerts", "/dev/null", "--threshold", "0.5"]
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "WARNING threshold 0.5 ignored" in result.stderr
+    assert "only to autoencoder bundles" in result.stderr
+
+
+@pytest.mark.parametrize("follow", [False, True], ids=["once", "follow"])
+def test_other_zeek_log_rejected(gateway_bundles, tmp_path, follow):
+    log = tmp_path / "dns.log"
+    log.write_text(
+        "#separator \\x09\n#path\tdns\n#fields\tts\tuid\tquery\n"
+        "1.0\tCabc\texample.com\n"
+    )
+
+    result = subprocess.run(
+        [*EDGEDP, "serve", str(gateway_bundles["classifier"]), "--input", str(log)]
+        + ["--alerts", "/dev/null"]
+        + (["--follow"] if follow else []),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert result.returncode == 2
+    message = f"error: {log} is a Zeek dns log; edgedp reads conn logs (#path conn)"
+    assert message in result.stderr

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edgedp import features, zeek
+from edgedp.atomic import OutputError
 from edgedp.edge.alerts import AlertWriter, _TimeFormatter
 from edgedp.edge.follow import Chunk, FileSource
 from edgedp.edge.records import (
@@ -340,6 +341,63 @@ def test_alert_lines_are_json(tmp_path):
     ]
 
 
+def _writer(path) -> AlertWriter:
+    return AlertWriter(
+        path, bundle_id="abc", model_format="int8", classes=["Benign"], threshold=None
+    )
+
+
+def test_alert_writer_rejects_folder(tmp_path):
+    with pytest.raises(OutputError) as raised:
+        _writer(tmp_path)
+
+    assert str(tmp_path) in str(raised.value)
+    assert "is a folder" in str(raised.value)
+
+
+def test_alert_writer_rejects_unwritable_path(tmp_path):
+    # A regular file where a folder should be fails even for root.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    path = blocker / "logs" / "alerts.jsonl"
+
+    with pytest.raises(OutputError) as raised:
+        _writer(path)
+
+    assert str(path) in str(raised.value)
+
+
+def test_alert_writer_creates_folders(tmp_path):
+    path = tmp_path / "new" / "alerts.jsonl"
+
+    _writer(path).close()
+
+    assert path.is_file()
+
+
+def test_failed_reopen_keeps_file(tmp_path):
+    path = tmp_path / "alerts.jsonl"
+    writer = _writer(path)
+    path.unlink()
+    path.mkdir()
+
+    with pytest.raises(OutputError):
+        writer.reopen()
+    flows = Recorder().parser().parse(_chunk(HEADER + [GOOD]))
+    written = writer.write(flows, _flagged(1))
+    writer.close()
+
+    assert written == 1
+
+
+def _flagged(count: int) -> Verdicts:
+    return Verdicts(
+        alert=np.ones(count, dtype=bool),
+        class_index=np.zeros(count, dtype=np.intp),
+        probability=np.ones(count, dtype=np.float32),
+    )
+
+
 def test_categorical_marks_missing():
     column = categorical(["tcp", "-", None, "udp", "tcp", "(empty)"])
 
@@ -384,6 +442,9 @@ def test_field_count_counted_like_inspect(iot23, tmp_path):
         ([b"a\tb\tc"], "3 tab-separated fields"),
         ([None], "longer than the maximum line length"),
         ([b"hello world"], "neither a Zeek header line"),
+        ([b"#separator \\x09", b"#path\tconn", b"#fields\tts"], None),
+        ([b"#separator \\x09", b"#path\tdns", b"#fields\tts"], "Zeek dns log"),
+        ([b"", b"#separator \\x09", b"#path\thttp"], "Zeek http log"),
     ],
 )
 def test_foreign_format_cases(lines, expected):
@@ -422,3 +483,25 @@ def test_csv_export_noticed_once(iot23):
     assert "looks like a CSV export" in foreign[0]
     assert "looks like a CSV export" in parser.foreign_input
     assert {reason for reason, _ in recorder.bad} == {"field_count"}
+
+
+def test_other_log_after_rotation_noticed_once():
+    dns = [
+        b"#separator \\x09",
+        b"#path\tdns",
+        b"#fields\tts\tuid\tquery",
+        b"1.0\tCabc\texample.com",
+        b"2.0\tCdef\texample.org",
+    ]
+    recorder = Recorder()
+    parser = recorder.parser()
+
+    conn_flows = parser.parse(_chunk(HEADER + [GOOD], generation=1))
+    dns_flows = parser.parse(_chunk(dns, generation=2))
+
+    other = [notice for notice in recorder.notices if "Zeek dns log" in notice]
+    assert len(conn_flows) == 1
+    assert len(dns_flows) == 0
+    assert len(other) == 1
+    assert "edgedp reads conn logs (#path conn)" in other[0]
+    assert recorder.bad == [("missing_fields", 4), ("missing_fields", 5)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -28,20 +29,33 @@ _DESCRIPTION = (
     "Classify the flows of a Zeek conn.log with a bundle and write one JSON "
     "line per alert. Exits 0 when the input ends or on SIGTERM/SIGINT (pending "
     "flows are classified first), 1 when the alert output closes, 2 on invalid "
-    "options, a bundle that fails verification, or an input file (read once) "
-    "that is not a Zeek conn log."
+    "options, an alert file that cannot be written, a bundle that fails "
+    "verification, or an input file that is not a Zeek conn log (read once, "
+    "or followed and naming another log in its #path header)."
 )
 
 
+def _finite(value: str) -> float:
+    # float() accepts "nan" and "inf", and NaN passes every comparison below,
+    # so a NaN delay or interval would be taken as valid.
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return number
+
+
 def _nonnegative(value: str) -> float:
-    number = float(value)
+    number = _finite(value)
     if number < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return number
 
 
 def _positive(value: str) -> float:
-    number = float(value)
+    number = _finite(value)
     if number <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return number
@@ -127,9 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threshold",
-        help="autoencoder anomaly threshold: a number, or a name recorded in "
-        "the bundle (validation_fpr, study); default: validation_fpr if "
-        "recorded, else study",
+        help="autoencoder anomaly threshold: a finite number, or a name "
+        "recorded in the bundle (validation_fpr, study); default: "
+        "validation_fpr if recorded, else study. A classifier bundle ignores "
+        "it, with a warning",
     )
 
     parser.add_argument(
@@ -181,6 +196,7 @@ def run_serve(argv: list[str]) -> int:
     arguments = build_parser().parse_args(argv)
     _configure_logging(arguments.verbose)
 
+    from edgedp.atomic import OutputError
     from edgedp.bundle import BundleError
     from edgedp.edge.serve import Gateway, ServeSettings
 
@@ -202,7 +218,7 @@ def run_serve(argv: list[str]) -> int:
             poll_interval=arguments.poll_interval / 1000.0,
         )
         gateway = Gateway(settings)
-    except (BundleError, FileNotFoundError, ValueError) as error:
+    except (BundleError, FileNotFoundError, OutputError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from edgedp.atomic import OutputError, check_writable
 from edgedp.edge.records import MISSING_MARKERS, FlowColumns, flow_time
 from edgedp.edge.verdicts import Verdicts
 
@@ -106,6 +107,30 @@ class _TimeFormatter:
         return prefix
 
 
+def open_alert_file(path: Path) -> TextIO:
+    """Open the alert file for appending, creating it and its folders.
+
+    Raises:
+        OutputError: `path` is a folder, or the file cannot be created or
+            appended to. The message names the path and the cause.
+    """
+    if path.is_dir():
+        raise OutputError(
+            f"the alert output {path} is a folder; name a file, such as "
+            f"{path / 'alerts.jsonl'}"
+        )
+    if not path.exists():
+        # Creates the missing folders and checks that a file can be made there.
+        check_writable(path)
+    try:
+        return open(path, "a", encoding="ascii", buffering=1 << 16)
+    except OSError as error:
+        raise OutputError(
+            f"cannot append to the alert file {path}: {error.strerror or error}; "
+            "make it writable or choose another --alerts path"
+        ) from error
+
+
 class AlertWriter:
     """Format verdicts as JSON lines and write them to a file or stdout.
 
@@ -141,13 +166,21 @@ class AlertWriter:
         self.reopen()
 
     def reopen(self) -> None:
-        """Open the alert file again, for example after logrotate moved it."""
+        """Open the alert file again, for example after logrotate moved it.
+
+        The new file is opened before the old one is closed, so a failed
+        reopen leaves the writer on the file it had.
+
+        Raises:
+            OutputError: the path is a folder, or the file cannot be created
+                or appended to.
+        """
         if self.path is None:
             return
+        stream = open_alert_file(self.path)
         if self._owned:
             self._stream.close()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._stream = open(self.path, "a", encoding="ascii", buffering=1 << 16)
+        self._stream = stream
         self._owned = True
 
     def write(self, flows: FlowColumns, verdicts: Verdicts) -> int:

@@ -184,10 +184,11 @@ _CSV_HINT = (
 def foreign_format(lines: Sequence[bytes | None]) -> str | None:
     """Describe why the first lines of a file are not a Zeek conn log.
 
-    Returns None for a Zeek TSV header, a JSON object, or a conn.log line
-    without a header (21 tab-separated fields, or 23 with IoT-23's
-    labels), and for a file with no line yet. Otherwise returns what the
-    lines look like and what serve reads, without the file name.
+    Returns None for a Zeek TSV header whose `#path` is absent or `conn`, a
+    JSON object, or a conn.log line without a header (21 tab-separated
+    fields, or 23 with IoT-23's labels), and for a file with no line yet.
+    Otherwise returns what the lines look like and what serve reads, without
+    the file name.
     """
     sample = [line for line in lines[:_SNIFF_LINES] if line is None or line.strip()]
     if not sample:
@@ -209,7 +210,12 @@ def foreign_format(lines: Sequence[bytes | None]) -> str | None:
         text = first.decode("utf-8").strip()
     except UnicodeDecodeError:
         return f"its first line is not UTF-8 text; {_EXPECTED_FORMAT}"
-    if text.startswith(("#", "{")):
+    if text.startswith("#"):
+        kind = other_log_path(sample)
+        if kind is not None:
+            return f"it is a Zeek {kind} log; {OTHER_LOG_HINT}"
+        return None
+    if text.startswith("{"):
         return None
 
     shown = text if len(text) <= 60 else text[:57] + "..."
@@ -232,6 +238,39 @@ def foreign_format(lines: Sequence[bytes | None]) -> str | None:
         f"its first line {shown!r} is neither a Zeek header line, a conn.log "
         f"line nor a JSON object; {_EXPECTED_FORMAT}"
     )
+
+
+OTHER_LOG_HINT = "edgedp reads conn logs (#path conn)"
+"""The end of the message for a Zeek log of another kind, as `edgedp inspect`
+words it."""
+
+
+def other_log_path(lines: Sequence[bytes | None]) -> str | None:
+    """Return the `#path` of a leading Zeek header that names a non-conn log.
+
+    Only the directive lines at the top of `lines` are read. Returns None
+    for a conn log, for a header without `#path`, and for lines that do not
+    start with a Zeek header.
+    """
+    header = zeek.Header()
+    for line in lines[:_SNIFF_LINES]:
+        if line is None:
+            break
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            break
+        if not text.strip():
+            continue
+        if not zeek.is_directive(text):
+            break
+        try:
+            header = zeek.apply_directive(header, text)
+        except zeek.ZeekFormatError:
+            break
+    if header.path in (None, "conn"):
+        return None
+    return header.path
 
 
 def needed_fields(feature_set: str) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ standard library besides edgedp's pure modules; never torch or polars.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from edgedp import features as encoder
+from edgedp.atomic import OutputError
 from edgedp.bundle import Bundle, BundleError, load_bundle
 from edgedp.edge.alerts import AlertWriter
 from edgedp.edge.follow import (
@@ -48,12 +50,14 @@ from edgedp.edge.inference import MODEL_FILES, Runner, load_runner
 from edgedp.edge.records import (
     FORMATS,
     MISSING_MARKERS,
+    OTHER_LOG_HINT,
     FlowColumns,
     InputFormatError,
     LineParser,
     categorical,
     foreign_format,
     needed_fields,
+    other_log_path,
 )
 from edgedp.edge.stats import RateLimitedWarnings, ServeStats
 from edgedp.edge.verdicts import VerdictRule
@@ -123,6 +127,12 @@ class ServeSettings:
             )
         if self.batch < 1:
             raise ValueError(f"batch must be at least 1 flow, got {self.batch}")
+        # NaN passes every comparison below, so it is rejected first.
+        for name in ("max_delay", "stats_interval", "poll_interval"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                label = name.replace("_", " ")
+                raise ValueError(f"{label} must be a finite number, got {value} s")
         if self.max_delay < 0:
             raise ValueError(f"max delay must be 0 or more, got {self.max_delay} s")
         if self.stats_interval <= 0:
@@ -171,7 +181,8 @@ def open_source(settings: ServeSettings, on_event: Any) -> LineSource:
     Raises:
         FileNotFoundError: the input does not exist (and is not followed).
         InputFormatError: the input is one file, read once, whose first
-            lines are not a Zeek conn log (see `records.foreign_format`).
+            lines are not a Zeek conn log (see `records.foreign_format`), or
+            a followed file whose header names another Zeek log.
         ValueError: `follow` with a folder.
     """
     if settings.input == STDIN:
@@ -189,6 +200,8 @@ def open_source(settings: ServeSettings, on_event: Any) -> LineSource:
         )
     if not settings.follow:
         check_log_format(path, settings.max_line_bytes)
+    elif path.is_file():
+        check_log_path(path, settings.max_line_bytes)
     return FileSource(
         path,
         follow=settings.follow,
@@ -204,18 +217,44 @@ def check_log_format(path: Path, max_line_bytes: int) -> None:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        InputFormatError: the first lines are not a Zeek TSV or JSON log.
+        InputFormatError: the first lines are not a Zeek TSV or JSON log, or
+            their header names another Zeek log (`#path dns`, for example).
     """
+    lines = _first_lines(path, max_line_bytes)
+    _reject_other_log(path, lines)
+    description = foreign_format(lines)
+    if description is not None:
+        raise InputFormatError(f"{path} is not a Zeek conn log: {description}")
+
+
+def check_log_path(path: Path, max_line_bytes: int) -> None:
+    """Check that the header of a log file, if any, does not name another log.
+
+    This is the check for a followed file. Its other first lines are left to
+    the parser, which reports a file that does not look like a conn log and
+    goes on reading, because the file may still be growing or be replaced.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        InputFormatError: the header names another Zeek log.
+    """
+    _reject_other_log(path, _first_lines(path, max_line_bytes))
+
+
+def _first_lines(path: Path, max_line_bytes: int) -> list[bytes | None]:
     source = FileSource(path, max_line_bytes=max_line_bytes)
     try:
         chunk = source.read(0)
     finally:
         source.close()
-    if chunk is None:
-        return
-    description = foreign_format(chunk.lines)
-    if description is not None:
-        raise InputFormatError(f"{path} is not a Zeek conn log: {description}")
+    return [] if chunk is None else chunk.lines
+
+
+def _reject_other_log(path: Path, lines: list[bytes | None]) -> None:
+    kind = other_log_path(lines)
+    if kind is not None:
+        # The same message as `edgedp inspect` gives for such a file.
+        raise InputFormatError(f"{path} is a Zeek {kind} log; {OTHER_LOG_HINT}")
 
 
 class Gateway:
@@ -226,7 +265,10 @@ class Gateway:
             lacks the model format.
         FileNotFoundError: the input does not exist.
         InputFormatError: the input is one file, not followed, that is not
-            a Zeek conn log.
+            a Zeek conn log, or a followed file whose header names another
+            Zeek log (`#path dns`, for example).
+        OutputError: the alert file cannot be created or appended to, or
+            is a folder.
     """
 
     def __init__(
@@ -256,14 +298,18 @@ class Gateway:
         ]
 
         self.source = open_source(settings, self._source_event)
-        self.writer = AlertWriter(
-            settings.alerts,
-            bundle_id=self.bundle.bundle_id,
-            model_format=settings.model_format,
-            classes=self.bundle.classes,
-            threshold=self.rule.threshold,
-            all_flows=settings.all_flows,
-        )
+        try:
+            self.writer = AlertWriter(
+                settings.alerts,
+                bundle_id=self.bundle.bundle_id,
+                model_format=settings.model_format,
+                classes=self.bundle.classes,
+                threshold=self.rule.threshold,
+                all_flows=settings.all_flows,
+            )
+        except OutputError:
+            self.source.close()
+            raise
 
         self._stop = False
         self._reopen = False
@@ -306,8 +352,7 @@ class Gateway:
             while not self._stop:
                 if self._reopen:
                     self._reopen = False
-                    self.writer.reopen()
-                    log.info("reopened the alert file %s", settings.alerts)
+                    self._reopen_alerts()
 
                 # A short wait keeps stop requests and statistics prompt.
                 timeout = _MAX_WAIT
@@ -349,12 +394,22 @@ class Gateway:
         self.warnings.flush()
         totals = self.stats.totals()
         log.info(
-            "stopped after %d flows, %d alerts, %d bad lines",
+            "stopped after %d flows, %d alerts, %d bad lines%s",
             totals["flows"],
             totals["alerts"],
             sum(totals["bad_lines"].values()),
+            _events_text(totals["events"]),
         )
         return totals
+
+    def _reopen_alerts(self) -> None:
+        """Reopen the alert file on SIGHUP, or keep the open one if that fails."""
+        try:
+            self.writer.reopen()
+        except OutputError as error:
+            log.error("%s; alerts still go to the file opened before", error)
+            return
+        log.info("reopened the alert file %s", self.settings.alerts)
 
     def _close_writer(self) -> None:
         try:
@@ -434,6 +489,15 @@ class Gateway:
             log.error("%s", message)
         else:
             log.info("%s", message)
+
+
+def _events_text(events: dict[str, int]) -> str:
+    """Return the input events of a run for the final log line, such as
+    `, events: corrupt_file 1, rotated 2`, or "" without any."""
+    if not events:
+        return ""
+    counts = ", ".join(f"{kind} {count}" for kind, count in sorted(events.items()))
+    return f", events: {counts}"
 
 
 def _silence_stdout() -> None:

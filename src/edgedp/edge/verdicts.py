@@ -11,6 +11,8 @@ runtime imports it.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from edgedp.bundle import Bundle, BundleError
+
+log = logging.getLogger(__name__)
 
 BENIGN_CLASS = "Benign"
 CLASSIFIER = "classifier"
@@ -48,11 +52,13 @@ class VerdictRule:
         bundle: the opened bundle.
         threshold: autoencoder only: a threshold name from the bundle's
             `thresholds` (`validation_fpr`, `study`) or a number. None takes
-            `validation_fpr` when the bundle has it, else `study`.
+            `validation_fpr` when the bundle has it, else `study`. A
+            classifier has no threshold, so it ignores one with a warning.
 
     Raises:
         BundleError: a classifier without a `Benign` class, or an autoencoder
             without the requested threshold.
+        ValueError: a threshold that is NaN or infinite.
     """
 
     def __init__(self, bundle: Bundle, *, threshold: str | float | None = None) -> None:
@@ -67,6 +73,14 @@ class VerdictRule:
                     f"{BENIGN_CLASS!r} class to tell normal traffic from attacks"
                 )
             self.benign_index = self.classes.index(BENIGN_CLASS)
+            if threshold is not None:
+                log.warning(
+                    "threshold %s ignored: %s is a classifier, which flags a "
+                    "flow by its predicted class; thresholds apply only to "
+                    "autoencoder bundles",
+                    threshold,
+                    bundle.root,
+                )
         elif self.kind == AUTOENCODER:
             self.threshold_name, self.threshold = resolve_threshold(
                 bundle.manifest.get("thresholds", {}), threshold, bundle
@@ -96,14 +110,27 @@ def resolve_threshold(
     A bundle records each threshold either as a number or as a dict with the
     number under `value` (and details such as the target false-positive
     rate beside it).
+
+    Raises:
+        BundleError: the bundle does not record the requested name.
+        ValueError: the requested number is NaN or infinite. A NaN threshold
+            would flag no flow, because every comparison with NaN is false.
     """
+    number: float | None = None
     if isinstance(requested, (int, float)):
-        return "custom", float(requested)
-    if requested is not None:
+        number = float(requested)
+    elif requested is not None:
         try:
-            return "custom", float(requested)
+            number = float(requested)
         except ValueError:
             pass
+    if number is not None:
+        if not math.isfinite(number):
+            raise ValueError(
+                f"threshold must be a finite number, got {requested}; pass a "
+                "reconstruction error such as 0.16, or validation_fpr or study"
+            )
+        return "custom", number
 
     names = [requested] if requested else ["validation_fpr", "study"]
     for name in names:
