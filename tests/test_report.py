@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
+from edgedp.bundle import INT8_MODEL, TORCH_WEIGHTS, create_bundle
 from edgedp.privacy import non_private_ledger
 from edgedp.report import ReportError, write_report
 from edgedp.report.collect import (
@@ -18,6 +20,7 @@ from edgedp.report.collect import (
     collect_privacy,
     grid_cells,
     privacy_label,
+    read_bundles,
     summarize,
 )
 from edgedp.report.markdown import (
@@ -176,7 +179,7 @@ def test_privacy_ledger_plain_bundle():
     assert cells[-1] == "no DP"
     assert cells[1] == "∞"
     assert cells[2:4] == ["n/a", "n/a"]
-    assert cells[4] == "0"
+    assert cells[4] == "n/a", "sigma of a bundle without DP"
     assert cells[6] == "20"
     assert cells[7:10] == ["n/a", "n/a", "n/a"]
     assert cells[-2] == "validation (1,000)"
@@ -221,7 +224,83 @@ def test_efficiency_shows_fewer_flows():
     assert "| fp32 | 1,000 |" in line
 
 
+def test_efficiency_in_mebibytes():
+    bench = _bench(7000)
+    variant = bench["bundles"][0]["variants"]["fp32"]
+    variant["file_bytes"] = 3 * 2**20 // 4
+    variant["single_peak_rss_bytes"] = {"median": 50 * 2**20}
+    variant["peak_rss_bytes"] = {"median": 60 * 2**20}
+
+    text = "\n".join(_efficiency_section(collect_efficiency(bench, [])))
+
+    assert "| file MiB |" in text
+    assert "| peak MiB (one at a time) | peak MiB (with batch) |" in text
+    (line,) = [line for line in text.splitlines() if line.startswith("| classifier")]
+    assert "| 0.7500 |" in line
+    assert "| 50 | 60 |" in line
+
+
 def test_efficiency_same_flows_as_study():
     text = "\n".join(_efficiency_section(collect_efficiency(_bench(7000), [])))
     assert "not the study's" not in text
     assert "study s (7,000 flows) |" in text
+
+
+def test_data_section_explains_row_limit():
+    dataset = _dataset_with_rejected_file()
+    dataset["max_rows_per_file"] = 2000
+    dataset["dropped_classes"] = {"Okiru": {"train": 0}}
+
+    text = "\n".join(_data_section(collect_data(dataset)))
+
+    assert "Classes dropped because a split had none of their flows: Okiru." in text
+    assert "Only the first 2,000 rows of each file were read" in text
+
+
+def test_data_section_without_row_limit():
+    dataset = _dataset_with_rejected_file()
+    dataset["dropped_classes"] = {"Okiru": {"train": 0}}
+
+    text = "\n".join(_data_section(collect_data(dataset)))
+
+    assert "rows of each file were read" not in text
+
+
+def _run_with_bundle(run_dir: Path) -> Path:
+    """Write a run folder with a dataset manifest and one small bundle."""
+    (run_dir / "dataset").mkdir(parents=True)
+    (run_dir / "dataset" / "dataset.json").write_text(
+        json.dumps(_dataset_with_rejected_file())
+    )
+    folder = run_dir / "bundles" / "classifier-plain-seed0"
+    create_bundle(
+        folder,
+        _plain_manifest(),
+        {
+            TORCH_WEIGHTS: lambda path: path.write_bytes(b"weights" * 100),
+            INT8_MODEL: lambda path: path.write_bytes(b"int8 model" * 100),
+        },
+    )
+    return folder
+
+
+def test_read_bundles_accepts_intact_bundle(tmp_path):
+    _run_with_bundle(tmp_path)
+
+    (manifest,) = read_bundles(tmp_path, None)
+
+    assert manifest["name"] == "classifier-plain-seed0"
+
+
+def test_report_rejects_truncated_bundle_file(tmp_path):
+    folder = _run_with_bundle(tmp_path)
+    model = folder / INT8_MODEL
+    model.write_bytes(model.read_bytes()[:100])
+
+    with pytest.raises(ReportError) as raised:
+        write_report(tmp_path)
+
+    message = str(raised.value)
+    assert f"{model} has sha256" in message
+    assert "Rerun the `edgedp run` command" in message
+    assert not (tmp_path / "report.md").exists()

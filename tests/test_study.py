@@ -347,6 +347,38 @@ def test_report_command_rebuilds_report(quick_run):
     assert json.loads((out / "report.json").read_text()) == before
 
 
+def _cli_output(arguments: list[str]) -> tuple[int, str]:
+    """Run edgedp; return its exit code and its output on one line."""
+    result = subprocess.run(
+        [*EDGEDP, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+        # Wide enough that Rich does not wrap a message inside a path.
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    return result.returncode, " ".join(result.stderr.split() + result.stdout.split())
+
+
+def test_report_command_rejects_damaged_bundle(quick_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(quick_run["out"], out)
+    model = out / "bundles" / "classifier-eps1-seed0" / "model_int8.tflite"
+    content = model.read_bytes()
+    model.write_bytes(content[: len(content) // 2])
+    before = (out / "report.md").read_text()
+
+    code, message = _cli_output(["report", str(out)])
+
+    assert code == 1
+    assert f"{model} has sha256" in message
+    assert "Rerun the `edgedp run` command" in message
+    assert (out / "report.md").read_text() == before
+
+
 def _rerun_with_config(quick_run, name: str, text: str) -> subprocess.CompletedProcess:
     """Run the quick run's command again with another experiment file."""
     config = quick_run["config"]
@@ -454,6 +486,33 @@ def test_run_fails_while_folder_locked(tmp_path):
     assert not (out / "run.log").exists()
 
 
+def test_run_rejects_unwritable_out(tmp_path, iot23):
+    # Root may write anywhere, but not below a regular file.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = blocker / "run"
+
+    code, message = _cli_output(
+        ["run", "--quick", "--data", str(iot23 / SLICE[1]), "--out", str(out)]
+    )
+
+    assert code == 1
+    assert f"cannot write {out / 'state.json'}" in message
+    assert "Errno" not in message
+    assert "grid cells" not in message, "the error comes before any progress"
+
+
+def test_run_study_rejects_unwritable_out(tmp_path):
+    from edgedp.atomic import OutputError
+    from edgedp.study import run_study
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+
+    with pytest.raises(OutputError, match="cannot write"):
+        run_study(_experiment(tmp_path), blocker / "run", jobs=1)
+
+
 def test_run_holds_lock_until_end(tmp_path, monkeypatch):
     import fcntl
 
@@ -559,3 +618,67 @@ def test_prepare_counts_set_aside_files(tmp_path, monkeypatch, iot23):
     dataset = json.loads((out / "dataset" / "dataset.json").read_text())
     (rejected,) = dataset["rejected"]
     assert rejected["path"].endswith("broken.conn.log")
+
+
+def _children(pid: int) -> list[int]:
+    """Return the PIDs of the live processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == pid and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Tell whether `pid` runs. A zombie waiting to be reaped has exited."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_killed_run_leaves_no_workers(tmp_path, iot23):
+    out = tmp_path / "run"
+    command = [*EDGEDP, "run", "--quick", "--out", str(out), "--jobs", "2"]
+    for name in SLICE[:2]:
+        command += ["--data", str(iot23 / name)]
+    with open(tmp_path / "run.out", "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        spawned: list[int] = []
+        while process.poll() is None and time.monotonic() < deadline:
+            workers = _children(process.pid)
+            spawned = [
+                pid
+                for pid in workers
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            ]
+            if len(spawned) == 2:
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, (tmp_path / "run.out").read_text()
+        assert len(spawned) == 2, "the grid workers did not start in time"
+        # Past their start-up, while they import torch or train.
+        time.sleep(2)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+    deadline = time.monotonic() + 10
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "processes of the killed run still alive after 10 s"

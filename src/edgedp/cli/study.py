@@ -205,8 +205,10 @@ def run(
         bool,
         typer.Option(
             "--quick",
-            help="Apply the experiment's quick profile: a sample of each file, "
-            "a small grid, few epochs.",
+            help="Apply the experiment's quick profile: a small grid, few "
+            "epochs, and only the first rows of each file (2000 by default). "
+            "A class whose flows all come later in their files is then "
+            "missing from the report.",
         ),
     ] = False,
     force: Annotated[
@@ -241,9 +243,10 @@ def run(
         TimeElapsedColumn,
     )
 
+    from edgedp import atomic
     from edgedp import experiment as experiments
     from edgedp.report import ReportError
-    from edgedp.study import StudyError, check_training_modules, run_study
+    from edgedp.study import StudyError, check_training_modules, layout, run_study
 
     # Checked before anything is written or downloaded. A missing module
     # raises ModuleNotFoundError, and edgedp.cli.main prints the install command.
@@ -261,6 +264,12 @@ def run(
     if out is None:
         name = config_file.stem if config_file is not None else "study"
         out = Path("runs") / (f"{name}-quick" if quick else name)
+    try:
+        # run_study checks this too, but here the error comes before any output.
+        atomic.check_writable(out / layout.STATE)
+    except atomic.OutputError as error:
+        console.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
+        raise typer.Exit(1) from None
 
     # The terminal shows the progress bars and warnings; run.log gets INFO.
     for handler in logging.getLogger().handlers:

@@ -24,8 +24,9 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
         `markdown` and `json` paths, and `figures`, the folder of the PNGs.
 
     Raises:
-        ReportError: the run folder has no prepared dataset yet, or one of
-            its JSON files cannot be read.
+        ReportError: the run folder has no prepared dataset yet, one of
+            its JSON files cannot be read, or a bundle's files do not match
+            the sha256 in its `bundle.json`.
     """
     from edgedp.report import figures, markdown
 

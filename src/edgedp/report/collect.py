@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgedp.bundle import MANIFEST_NAME
+from edgedp.bundle import MANIFEST_NAME, BundleError, load_bundle
 from edgedp.experiment import MODELS, TrainingRun
 from edgedp.metrics import CLASSIFIER_SUMMARY
 from edgedp.report import published
@@ -91,7 +91,13 @@ def read_bundles(run_dir: Path, names: list[str] | None) -> list[dict[str, Any]]
     """Return the manifests of the run's bundles, with `name` set to the folder.
 
     With `names`, only those bundles are read (the run's current grid), in
-    that order; otherwise every bundle folder, sorted by name.
+    that order; otherwise every bundle folder, sorted by name. Each bundle's
+    files are checked against the sha256 in its manifest first, so a report
+    never shows the numbers of a damaged bundle.
+
+    Raises:
+        ReportError: a bundle file is missing, truncated or altered, or a
+            manifest is not valid JSON.
     """
     folder = run_dir / layout.BUNDLES
     if names is None:
@@ -103,6 +109,14 @@ def read_bundles(run_dir: Path, names: list[str] | None) -> list[dict[str, Any]]
         if not (path / MANIFEST_NAME).is_file():
             continue
         manifest = read_json(path / MANIFEST_NAME)
+        try:
+            load_bundle(path, verify=True)
+        except BundleError as error:
+            raise ReportError(
+                f"{error}. Rerun the `edgedp run` command of {run_dir} (same "
+                "options, same --out): it redoes the cells whose bundles are "
+                "damaged and writes the report again"
+            ) from error
         manifest["name"] = path.name
         manifests.append(manifest)
     return manifests

@@ -9,8 +9,9 @@ from typing import Any
 from edgedp.report import published
 from edgedp.report.collect import CLASSIFIER_METRICS, privacy_label
 
-MB = 1_000_000
-"""Memory and sizes are shown in MB (10^6 bytes), the study's unit."""
+MIB = 1 << 20
+"""Memory and file sizes are shown in MiB (2^20 bytes), as `edgedp bench`
+prints them: the peak resident set size comes from the kernel in KiB."""
 
 NOT_APPLICABLE = "n/a"
 
@@ -177,6 +178,13 @@ def _data_section(data: dict[str, Any]) -> list[str]:
             + ", ".join(data["dropped_classes"])
             + "."
         )
+        if data.get("max_rows_per_file"):
+            lines.append(
+                f"Only the first {data['max_rows_per_file']:,} rows of each file "
+                "were read (`[prepare] max_rows_per_file`, which `--quick` "
+                "sets), so a class whose flows come later in its files can be "
+                "missing. Run without `--quick` to read every row."
+            )
     return [*lines, ""]
 
 
@@ -312,8 +320,11 @@ def _efficiency_section(efficiency: dict[str, Any] | None) -> list[str]:
         "thread. One bundle per model is timed "
         f"({', '.join(settings.get('cells', []))}), because every privacy level "
         "and seed of a model has the same architecture. Memory is the peak "
-        "resident set size of the whole process. The study's numbers are for "
-        f"{published.PI_FLOWS:,} flows on a {published.PI_DEVICE}.",
+        "resident set size of the whole process. Memory and file sizes are in "
+        "MiB (2^20 bytes). The study's numbers are for "
+        f"{published.PI_FLOWS:,} flows on a {published.PI_DEVICE}, in MB as "
+        "published; the study does not say whether its MB is 10^6 or 2^20 "
+        "bytes, which differ by about 5%.",
         "",
     ]
     study_seconds = f"study s ({published.PI_FLOWS:,} flows)"
@@ -330,11 +341,11 @@ def _efficiency_section(efficiency: dict[str, Any] | None) -> list[str]:
         "model",
         "format",
         "flows",
-        "file MB",
+        "file MiB",
         "one at a time, s",
         "batched, s",
-        "peak MB (one at a time)",
-        "peak MB (with batch)",
+        "peak MiB (one at a time)",
+        "peak MiB (with batch)",
         study_seconds,
         "study MB",
         "study file MB",
@@ -347,11 +358,11 @@ def _efficiency_section(efficiency: dict[str, Any] | None) -> list[str]:
                 row["model"],
                 row["format"],
                 row.get("flows", flows),
-                _mb(row["file_bytes"], 4),
+                _mebibytes(row["file_bytes"], 4),
                 _fixed(row["single_seconds"], 3),
                 _fixed(row["batch_seconds"], 4),
-                _mb(row["single_peak_rss_bytes"], 0),
-                _mb(row["peak_rss_bytes"], 0),
+                _mebibytes(row["single_peak_rss_bytes"], 0),
+                _mebibytes(row["peak_rss_bytes"], 0),
                 study.get("seconds"),
                 study.get("memory_mb"),
                 study.get("size_mb"),
@@ -362,8 +373,8 @@ def _efficiency_section(efficiency: dict[str, Any] | None) -> list[str]:
     return [*lines, table(header, body), "", "Formats:", "", *notes, ""]
 
 
-def _mb(value: int | None, digits: int) -> str | None:
-    return None if value is None else f"{value / MB:.{digits}f}"
+def _mebibytes(value: int | None, digits: int) -> str | None:
+    return None if value is None else f"{value / MIB:.{digits}f}"
 
 
 def _fixed(value: float | None, digits: int) -> str | None:
@@ -418,7 +429,7 @@ def _ledger_row(row: dict[str, Any]) -> list[Any]:
         row["epsilon"],
         dp_only(row["target_epsilon"]),
         dp_only(row["delta"]),
-        row["noise_multiplier"],
+        dp_only(row["noise_multiplier"]),
         dp_only(row["sample_rate"]),
         row["steps"],
         dp_only(row["max_grad_norm"]),

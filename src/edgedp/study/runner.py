@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgedp import atomic
 from edgedp.bundle import (
     FP32_MODEL,
     INT8_MODEL,
@@ -148,6 +149,7 @@ def run_study(
     Raises:
         ModuleNotFoundError: the `train` extra is not installed. Nothing has
             been written then.
+        OutputError: `out` cannot be created or written.
         RunFolderLockedError: another run holds `out`'s lock.
         StudyError: a stage failed. Cells that finished stay recorded, so a
             rerun after the fix resumes.
@@ -158,7 +160,8 @@ def run_study(
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     check_training_modules()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # Creates `out` and fails here, naming the path, if it cannot be written.
+    atomic.check_writable(out / layout.STATE)
     with lock_run_folder(out), _run_log(out / layout.LOG):
         runner = _Runner(experiment, out, force, jobs, progress or _SilentProgress())
         _run(runner, experiment, force, jobs, invocation)
@@ -464,7 +467,7 @@ class _Runner:
             max_workers=min(self.jobs, len(first_stage)),
             mp_context=context,
             initializer=tasks.init_worker,
-            initargs=(str(self.out / layout.LOG), logging.INFO),
+            initargs=(str(self.out / layout.LOG), logging.INFO, os.getpid()),
         )
         pending: dict[concurrent.futures.Future, tuple[TrainingRun, int, str]] = {}
 
@@ -605,8 +608,6 @@ class _Runner:
             },
             "bundles": results,
         }
-        from edgedp import atomic
-
         atomic.write_json(path, report)
         self._done("bench", key, seconds=time.perf_counter() - started)
         self.progress.finish("bench", f"timed {len(bundles)} bundles")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -20,10 +21,18 @@ from typing import Any
 # one per core, and more threads per worker would make them compete.
 WORKER_THREADS = 1
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+PARENT_POLL_SECONDS = 0.5
+"""How often a worker checks that the run that started it is still alive."""
+
+logger = logging.getLogger(__name__)
 
 
-def init_worker(log_path: str, level: int) -> None:
-    """Configure a fresh worker process: one thread, output to `log_path`."""
+def init_worker(log_path: str, level: int, parent_pid: int) -> None:
+    """Configure a fresh worker process: one thread, output to `log_path`.
+
+    The worker ends itself once the process `parent_pid` (the run) is gone.
+    """
+    exit_with_parent(parent_pid)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(WORKER_THREADS)
     # Native code (LiteRT, XLA) writes to file descriptors 1 and 2 directly,
@@ -45,6 +54,31 @@ def init_worker(log_path: str, level: int) -> None:
     import torch
 
     torch.set_num_threads(WORKER_THREADS)
+
+
+def exit_with_parent(parent_pid: int) -> threading.Thread:
+    """End this process soon after the process `parent_pid` exits.
+
+    A run killed with SIGKILL or by the out-of-memory killer cannot stop its
+    workers, and an idle worker of a process pool would wait for work
+    forever, holding hundreds of MB. When the parent exits, the kernel gives
+    its children a new parent (init or a subreaper), so a daemon thread
+    polls `os.getppid()` every `PARENT_POLL_SECONDS` and calls `os._exit`
+    once it differs. A parent that died before the thread started is caught
+    on the first check.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        logger.warning(
+            "worker %d: the run (PID %d) is gone; exiting", os.getpid(), parent_pid
+        )
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 def train_cell(
