@@ -682,3 +682,25 @@ def test_killed_run_leaves_no_workers(tmp_path, iot23):
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, "processes of the killed run still alive after 10 s"
+
+
+def test_train_cell_delta_names_file_setting(prepared_iot23, tmp_path):
+    from edgedp.privacy import DeltaError
+    from edgedp.study.tasks import train_cell
+
+    with pytest.raises(DeltaError) as raised:
+        train_cell(
+            dataset=str(prepared_iot23.root),
+            bundle=str(tmp_path / "bundle"),
+            model="classifier",
+            epsilon=1.0,
+            seed=0,
+            delta=1e-3,
+            max_grad_norm=1.0,
+            epochs=1,
+            batch_size=256,
+        )
+
+    assert "[train] delta" in str(raised.value)
+    assert "--delta" not in str(raised.value)
+    assert not (tmp_path / "bundle").exists()

@@ -99,23 +99,28 @@ def train_cell(
         `bundle_id`, `seconds` (wall time of the stage) and the achieved
         `epsilon` (infinity without DP).
     """
+    from edgedp.privacy import DeltaError
     from edgedp.train import MODEL_CHOICES, train_bundle
 
     started = time.perf_counter()
     code = {kind: short for short, kind in MODEL_CHOICES.items()}[model]
-    result = train_bundle(
-        dataset,
-        bundle,
-        model=code,
-        epsilon=epsilon,
-        delta=delta,
-        max_grad_norm=max_grad_norm,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        threads=WORKER_THREADS,
-        overwrite=True,
-    )
+    try:
+        result = train_bundle(
+            dataset,
+            bundle,
+            model=code,
+            epsilon=epsilon,
+            delta=delta,
+            max_grad_norm=max_grad_norm,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            threads=WORKER_THREADS,
+            overwrite=True,
+        )
+    except DeltaError as error:
+        # `edgedp run` has no --delta option; the setting is in the file.
+        raise error.for_setting("[train] delta") from None
     return {
         "bundle_id": result.bundle_id,
         "epsilon": result.manifest["privacy"]["epsilon"],
