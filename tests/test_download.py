@@ -416,7 +416,7 @@ def test_unwritable_cache_fails_before_request(served, logs, tmp_path):
     not_a_folder = tmp_path / "cache"
     not_a_folder.write_text("a regular file where the cache folder would be\n")
 
-    with pytest.raises(OutputError, match="Not a directory") as caught:
+    with pytest.raises(OutputError, match="is a file, not a folder") as caught:
         _download(served, not_a_folder / "iot23", [SMALL_PINNED])
 
     assert str(not_a_folder / "iot23") in str(caught.value)
@@ -441,6 +441,6 @@ def test_command_unwritable_cache_exits_2(served, logs, tmp_path):
 
     assert result.returncode == 2
     assert "cannot write" in result.stderr
-    assert "Not a directory" in result.stderr
+    assert "is a file, not a folder" in result.stderr
     assert "Traceback" not in result.stderr
     assert served.requests == []

@@ -450,7 +450,7 @@ def test_unwritable_output_rejected(iot23, tmp_path):
     path = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
     (tmp_path / "file").write_text("a regular file\n")
 
-    with pytest.raises(OutputError, match="Not a directory"):
+    with pytest.raises(OutputError, match="is a file, not a folder"):
         prepare_dataset([path], tmp_path / "file" / "sub" / "dataset")
 
 
