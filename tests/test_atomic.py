@@ -79,3 +79,42 @@ def test_check_writable_rejects_file_as_folder(tmp_path):
 
     with pytest.raises(atomic.OutputError, match="is a file, not a folder"):
         atomic.check_writable(blocker / "out")
+
+
+def test_overwrite_keeps_folder_without_marker(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "conn.log").write_text("data")
+
+    with pytest.raises(FileExistsError, match="has no dataset.json"):
+        with atomic.directory(logs, overwrite=True, marker="dataset.json"):
+            pass
+
+    assert (logs / "conn.log").read_text() == "data"
+
+
+def test_overwrite_replaces_marked_or_empty_folder(tmp_path):
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    (marked / "dataset.json").write_text("{}")
+    (marked / "old.parquet").write_text("old")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    for folder in (marked, empty):
+        with atomic.directory(folder, overwrite=True, marker="dataset.json") as new:
+            (new / "dataset.json").write_text("new")
+
+    assert not (marked / "old.parquet").exists()
+    assert (marked / "dataset.json").read_text() == "new"
+    assert (empty / "dataset.json").read_text() == "new"
+
+
+def test_overwrite_rejects_file_at_path(tmp_path):
+    target = tmp_path / "out"
+    target.write_text("x")
+
+    with pytest.raises(FileExistsError, match="not a folder"):
+        atomic.check_replaceable(target, overwrite=True, marker="bundle.json")
+
+    assert target.read_text() == "x"

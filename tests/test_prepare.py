@@ -215,6 +215,19 @@ def test_existing_output_needs_overwrite(prepared):
         prepare_dataset([prepared.root], prepared.root)
 
 
+def test_overwrite_keeps_folder_of_logs(iot23, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    source = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    copy = logs / source.name
+    copy.write_bytes(source.read_bytes())
+
+    with pytest.raises(FileExistsError, match="has no dataset.json"):
+        prepare_dataset([logs], logs, overwrite=True)
+
+    assert copy.read_bytes() == source.read_bytes()
+
+
 def test_invalid_settings(iot23, tmp_path):
     path = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
 

@@ -119,20 +119,55 @@ def file(path: str | Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def check_replaceable(
+    path: str | Path, *, overwrite: bool, marker: str | None = None
+) -> None:
+    """Check that an output folder may be created at `path`, or replaced.
+
+    A missing `path` is always fine. An existing one may be replaced only
+    with `overwrite`, and only when it is a folder that is empty or that
+    contains the file `marker`, which marks it as an earlier output of the
+    same kind (`dataset.json`, `bundle.json`). So `--overwrite` cannot
+    delete a folder of logs or anything else that a typo points it at.
+
+    Raises:
+        FileExistsError: `path` exists and may not be replaced.
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{path} already exists; remove it or choose another folder"
+        )
+    if not path.is_dir() or path.is_symlink():
+        raise FileExistsError(
+            f"{path} exists and is not a folder, so it is not replaced; "
+            "choose another output folder"
+        )
+    if marker is not None and not (path / marker).is_file() and any(path.iterdir()):
+        raise FileExistsError(
+            f"{path} is not empty and has no {marker}, so it is not an earlier "
+            "output of this command and --overwrite does not delete it; "
+            "choose another output folder"
+        )
+
+
 @contextlib.contextmanager
-def directory(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def directory(
+    path: str | Path, *, overwrite: bool = False, marker: str | None = None
+) -> Iterator[Path]:
     """Yield a temporary folder that becomes `path` when the block succeeds.
 
     Args:
         path: the final folder.
         overwrite: replace an existing `path`. Without it an existing folder
             raises FileExistsError before anything is written.
+        marker: a file that an existing `path` must contain (unless it is
+            empty) to be replaced; see `check_replaceable`.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists; remove it or choose another folder"
-        )
+    check_replaceable(path, overwrite=overwrite, marker=marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(
         tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -196,7 +196,7 @@ def create_bundle(
     Raises:
         FileExistsError: `path` exists and `overwrite` is not set.
     """
-    with atomic.directory(path, overwrite=overwrite) as temporary:
+    with atomic.directory(path, overwrite=overwrite, marker=MANIFEST_NAME) as temporary:
         entries = {}
         for name, write in files.items():
             write(temporary / name)

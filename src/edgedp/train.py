@@ -28,8 +28,14 @@ from typing import Any
 import numpy as np
 
 from edgedp import config
-from edgedp.atomic import check_writable
-from edgedp.bundle import TORCH_WEIGHTS, Bundle, create_bundle, sha256_file
+from edgedp.atomic import check_replaceable, check_writable
+from edgedp.bundle import (
+    MANIFEST_NAME,
+    TORCH_WEIGHTS,
+    Bundle,
+    create_bundle,
+    sha256_file,
+)
 from edgedp.dataset import (
     SPLITS,
     DatasetError,
@@ -520,6 +526,7 @@ def train_bundle(
             f"{out} already exists; choose another bundle folder or pass "
             "--overwrite to replace it"
         )
+    check_replaceable(out, overwrite=overwrite, marker=MANIFEST_NAME)
     check_writable(out)
 
     with _captured_log() as log, _torch_runtime(settings.threads):

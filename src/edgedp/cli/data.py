@@ -127,7 +127,12 @@ def prepare(
     columns: _Columns = None,
     max_rows: _MaxRows = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing --out folder.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace an existing --out folder if it is empty or an earlier "
+            "prepared dataset (with dataset.json).",
+        ),
     ] = False,
 ) -> None:
     """Encode and split labeled flow logs into a prepared dataset."""

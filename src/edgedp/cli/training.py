@@ -207,7 +207,12 @@ def train(
         ),
     ] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing --out folder.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace an existing --out folder if it is empty or an earlier "
+            "bundle (with bundle.json).",
+        ),
     ] = False,
 ) -> None:
     """Train one model, plain or with DP-SGD, and write its bundle."""

@@ -115,13 +115,14 @@ def prepare_dataset(
         raise FileExistsError(
             f"{out} already exists; choose another folder or pass --overwrite"
         )
+    atomic.check_replaceable(out, overwrite=overwrite, marker=MANIFEST_NAME)
     atomic.check_writable(out)
 
     named = {Path(p).resolve() for p in paths if Path(p).is_file()}
     opened, rejected = _open_reports(paths, columns, named)
     log.info("preparing %d input files into %s", len(opened), out)
 
-    with atomic.directory(out, overwrite=overwrite) as folder:
+    with atomic.directory(out, overwrite=overwrite, marker=MANIFEST_NAME) as folder:
         parts = folder / _PARTS
         parts.mkdir()
         reports: list[readers.FileReport] = []
