@@ -329,7 +329,8 @@ def test_unreachable_server_clear_error(tmp_path):
     message = str(caught.value)
     assert "cannot reach" in message
     assert "check the network" in message.lower()
-    assert "--base-url" in message
+    assert "edgedp download --base-url" in message
+    assert "[data] base_url" in message
     assert "--data" in message
     assert _leftovers(tmp_path) == []
 

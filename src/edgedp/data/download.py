@@ -484,7 +484,8 @@ def _unreachable_message(url: str, error: BaseException) -> str:
     if isinstance(reason, TimeoutError):
         reason = "timed out"
     return (
-        f"cannot reach {url} ({reason}). Check the network connection, pass "
-        "--base-url (base_url in Python) with a mirror of the IoT-23 scenario "
-        "folders, or give `edgedp run --data PATH` logs that are already on disk"
+        f"cannot reach {url} ({reason}). Check the network connection, point "
+        "`edgedp download --base-url` or the experiment file's [data] base_url "
+        "at a mirror of the IoT-23 scenario folders, or give `edgedp run "
+        "--data PATH` logs that are already on disk"
     )
