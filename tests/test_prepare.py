@@ -381,15 +381,33 @@ def test_edgedp_outputs_in_folder_ignored(iot23, tmp_path):
     first = prepare_dataset([data], data / "dataset", classes=["Benign"])
     lone = data / "report.json"
     lone.write_text((first.root / "dataset.json").read_text())
+    lookalike = data / "notes"
+    lookalike.mkdir()
+    (lookalike / "dataset.json").write_text("{}\n")
+    (lookalike / honeypot.name).write_bytes(honeypot.read_bytes())
 
     second = prepare_dataset([data], tmp_path / "again", classes=["Benign"])
 
     inputs = [entry["path"] for entry in second.manifest["inputs"]]
-    assert inputs == [str((data / honeypot.name).resolve())]
+    assert inputs == [
+        str((data / honeypot.name).resolve()),
+        str((lookalike / honeypot.name).resolve()),
+    ]
     rejected = second.manifest["rejected"]
-    assert [entry["path"] for entry in rejected] == [str(lone.resolve())]
-    assert "is not a flow log" in rejected[0]["reason"]
-    assert second.manifest["rows"]["read"] == 1374
+    assert [entry["path"] for entry in rejected] == [
+        str((lookalike / "dataset.json").resolve()),
+        str(lone.resolve()),
+    ]
+    assert "lacks the conn.log fields" in rejected[0]["reason"]
+    assert "is not a flow log" in rejected[1]["reason"]
+    assert second.manifest["skipped_folders"] == [
+        {
+            "path": str(data / "dataset"),
+            "marker": "dataset.json",
+            "kind": "prepared dataset",
+        }
+    ]
+    assert second.manifest["rows"]["read"] == 2 * 1374
 
 
 def _truncated_gzip(source, path):

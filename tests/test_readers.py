@@ -561,22 +561,44 @@ def test_find_logs_skips_edgedp_outputs(tmp_path, iot23, caplog):
     log_name = "CTU-Honeypot-Capture-4-1.conn.log.labeled"
     source = (iot23 / "zeek" / log_name).read_bytes()
     outputs = {
-        "runs/quick": "state.json",
-        "dataset": "dataset.json",
-        "b": "bundle.json",
+        "runs/quick": ("state.json", {"format": 1, "stages": {}, "invocations": []}),
+        "dataset": (
+            "dataset.json",
+            {"encoder_version": "2", "feature_set": "extended", "splits": {}},
+        ),
+        "b": ("bundle.json", {"bundle_format": 1, "bundle_id": "x", "files": {}}),
     }
     (tmp_path / log_name).write_bytes(source)
-    for folder, marker in outputs.items():
+    for folder, (marker, content) in outputs.items():
         (tmp_path / folder / "inner").mkdir(parents=True)
-        (tmp_path / folder / marker).write_text("{}\n")
+        (tmp_path / folder / marker).write_text(json.dumps(content))
         (tmp_path / folder / "inner" / log_name).write_bytes(source)
-    caplog.set_level("INFO")
+    caplog.set_level("WARNING")
 
-    found = sources.find_logs([tmp_path])
+    search = sources.search_logs([tmp_path])
 
-    assert found == [(tmp_path / log_name).resolve()]
-    for folder, marker in outputs.items():
-        assert f"{tmp_path / folder} for flow logs: it contains {marker}" in caplog.text
+    assert search.files == [(tmp_path / log_name).resolve()]
+    skipped = {(item.path, item.marker) for item in search.skipped_folders}
+    assert skipped == {(tmp_path / f, m) for f, (m, _) in outputs.items()}
+    for folder, (marker, _) in outputs.items():
+        expected = f"not searching {tmp_path / folder} for flow logs: its {marker}"
+        assert expected in caplog.text
+
+
+@pytest.mark.parametrize("marker", ["state.json", "dataset.json", "bundle.json"])
+@pytest.mark.parametrize("content", ["{}", "[1, 2]", "not json", '{"format": 1}'])
+def test_find_logs_reads_lookalike_markers(tmp_path, iot23, marker, content):
+    log_name = "CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    inner = tmp_path / "captures"
+    inner.mkdir()
+    (inner / marker).write_text(content)
+    (inner / log_name).write_bytes((iot23 / "zeek" / log_name).read_bytes())
+
+    search = sources.search_logs([tmp_path])
+
+    # The marker file itself has a `.json` name, so the search lists it too.
+    assert (inner / log_name).resolve() in search.files
+    assert search.skipped_folders == []
 
 
 @pytest.mark.parametrize(

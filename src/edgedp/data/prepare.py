@@ -105,6 +105,8 @@ def prepare_dataset(
             or has every data line skipped. Such files found by searching a
             folder are set aside with a warning, none of their rows are kept,
             and `dataset.json` lists them under `rejected` instead.
+            Subfolders that edgedp wrote are not searched, and
+            `dataset.json` lists them under `skipped_folders`.
         FileExistsError: `out` exists and `overwrite` is not set.
         OutputError: `out` cannot be created (`edgedp.atomic.check_writable`).
     """
@@ -119,7 +121,7 @@ def prepare_dataset(
     atomic.check_writable(out)
 
     named = {Path(p).resolve() for p in paths if Path(p).is_file()}
-    opened, rejected = _open_reports(paths, columns, named)
+    opened, rejected, skipped_folders = _open_reports(paths, columns, named)
     log.info("preparing %d input files into %s", len(opened), out)
 
     with atomic.directory(out, overwrite=overwrite, marker=MANIFEST_NAME) as folder:
@@ -174,6 +176,7 @@ def prepare_dataset(
                 "feature_names": features.feature_names(feature_set),
                 "class_mapping": mapping,
                 "rejected": rejected,
+                "skipped_folders": skipped_folders,
                 "max_rows_per_file": max_rows_per_file,
             }
         )
@@ -220,17 +223,23 @@ def _check_settings(
 
 def _open_reports(
     paths: Sequence[str | Path], columns: Sequence[str] | None, named: set[Path]
-) -> tuple[list[readers.FileReport], list[dict[str, str]]]:
+) -> tuple[list[readers.FileReport], list[dict[str, str]], list[dict[str, str]]]:
     """Open every input file, setting aside unreadable files found in folders.
 
     A file in `named` (given on the command line) that is not a readable
     flow log stops the run. A file that a folder search found is skipped
     with a warning and listed in the returned rejections, so one odd export
-    in a data folder does not block the rest.
+    in a data folder does not block the rest. The third list contains the
+    folders that the search did not enter because edgedp wrote them.
     """
+    search = sources.search_logs(paths)
+    skipped_folders = [
+        {"path": str(folder.path), "marker": folder.marker, "kind": folder.kind}
+        for folder in search.skipped_folders
+    ]
     reports = []
     rejected = []
-    for path in sources.find_logs(paths):
+    for path in search.files:
         try:
             reports.append(readers.open_report(path, columns=columns))
         except FlowLogError as error:
@@ -238,7 +247,7 @@ def _open_reports(
                 raise
             log.warning("skipping %s: %s", path, error)
             rejected.append({"path": str(path), "reason": str(error)})
-    return reports, rejected
+    return reports, rejected, skipped_folders
 
 
 def _encode_file(

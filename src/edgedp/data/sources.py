@@ -45,15 +45,25 @@ COLUMN_PRESETS: dict[str, tuple[str, ...]] = {
 }
 """Names that `--columns` accepts in place of a list of field names."""
 
-# Files that mark a folder written by edgedp: a bundle, a prepared dataset or
-# a run folder. A folder search skips such folders and everything below them.
-# The run folder's state file name, `edgedp.study.layout.STATE`, is written out
-# here because importing the study package would load its runner.
-OUTPUT_MARKERS: tuple[str, ...] = (
-    bundle.MANIFEST_NAME,
-    dataset.MANIFEST_NAME,
-    "state.json",
-)
+# Files that mark a folder written by edgedp, each with the top-level keys
+# that edgedp always writes in it and what the folder then is. A folder search
+# skips a folder whose marker file is a JSON object with all these keys, and
+# everything below it. A file of the same name with other content does not
+# count. The run folder's state file name, `edgedp.study.layout.STATE`, is
+# written out here because importing the study package would load its runner.
+OUTPUT_MARKERS: dict[str, tuple[tuple[str, ...], str]] = {
+    bundle.MANIFEST_NAME: (("bundle_format", "bundle_id", "files"), "bundle"),
+    dataset.MANIFEST_NAME: (
+        ("encoder_version", "feature_set", "splits"),
+        "prepared dataset",
+    ),
+    "state.json": (("format", "stages", "invocations"), "run folder"),
+}
+
+# Marker files larger than this are not parsed and do not count. edgedp's own
+# are a few KiB to a few MiB, so the cap only bounds the memory that parsing
+# an unrelated file of the same name can take.
+MAX_MARKER_BYTES = 64 << 20
 
 # Separators that a CSV/TSV export may use. The one that occurs most often in
 # the header row is taken.
@@ -88,23 +98,57 @@ class Layout:
     """True when the first line of a CSV/TSV export contains the column names."""
 
 
+class SkippedFolder(NamedTuple):
+    """A folder that a folder search did not enter, because edgedp wrote it."""
+
+    path: Path
+    marker: str
+    """Name of the edgedp file found in the folder, such as `bundle.json`."""
+    kind: str
+    """Kind of edgedp output that the marker shows, such as `prepared dataset`."""
+
+
+class LogSearch(NamedTuple):
+    """The result of expanding input paths into flow log files."""
+
+    files: list[Path]
+    """Resolved flow log paths, each once."""
+    skipped_folders: list[SkippedFolder]
+
+
 def find_logs(paths: Iterable[str | Path]) -> list[Path]:
     """Expand files and folders into the list of flow log files to read.
 
-    Folders are searched recursively for names ending in `LOG_SUFFIXES`,
-    optionally followed by `.gz`, and return them sorted. Subfolders that
-    edgedp wrote (see `OUTPUT_MARKERS`) are not searched. Files are kept in
-    the order given. A path given twice is read once.
+    This is `search_logs` without the list of skipped folders.
 
     Raises:
         FileNotFoundError: a path does not exist.
         FlowLogError: no flow log was found at all.
     """
+    return search_logs(paths).files
+
+
+def search_logs(paths: Iterable[str | Path]) -> LogSearch:
+    """Expand files and folders into flow log files and the folders skipped.
+
+    Folders are searched recursively for names ending in `LOG_SUFFIXES`,
+    optionally followed by `.gz`, and return them sorted. Subfolders that
+    edgedp wrote (see `OUTPUT_MARKERS`) are not searched, each is logged as
+    a warning and returned in `skipped_folders`. A folder named in `paths`
+    is always searched. Files are kept in the order given. A path given
+    twice is read once.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        FlowLogError: no flow log was found at all.
+    """
+    paths = list(paths)
     found: list[Path] = []
+    skipped: list[SkippedFolder] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            matches = sorted(_search_folder(path))
+            matches = sorted(_search_folder(path, skipped))
             if not matches:
                 log.warning("no flow log files found in %s", path)
             found.extend(matches)
@@ -120,37 +164,64 @@ def find_logs(paths: Iterable[str | Path]) -> list[Path]:
             + ", ".join(str(p) for p in paths)
             + f"; expected names ending in {', '.join(LOG_SUFFIXES)} (or .gz)"
         )
-    return unique
+    return LogSearch(unique, list(dict.fromkeys(skipped)))
 
 
-def _search_folder(root: Path) -> Iterator[Path]:
-    """Yield the files under `root` with flow log names, skipping edgedp outputs."""
+def _search_folder(root: Path, skipped: list[SkippedFolder]) -> Iterator[Path]:
+    """Yield the files under `root` with flow log names, skipping edgedp outputs.
+
+    Each skipped subfolder is logged and appended to `skipped`.
+    """
     for folder, subfolders, files in os.walk(root):
-        kept = []
+        searched = []
         for name in subfolders:
-            marker = _output_marker(Path(folder) / name)
-            if marker is None:
-                kept.append(name)
-            else:
-                log.info(
-                    "not searching %s for flow logs: it contains %s, so it is "
-                    "an edgedp output",
-                    Path(folder) / name,
-                    marker,
-                )
-        subfolders[:] = kept
+            path = Path(folder) / name
+            found = _output_marker(path)
+            if found is None:
+                searched.append(name)
+                continue
+            marker, kind = found
+            log.warning(
+                "not searching %s for flow logs: its %s is a %s manifest that "
+                "edgedp wrote; pass that folder itself to read its logs",
+                path,
+                marker,
+                kind,
+            )
+            skipped.append(SkippedFolder(path, marker, kind))
+        subfolders[:] = searched
         for name in files:
             path = Path(folder) / name
             if _looks_like_log(path) and path.is_file():
                 yield path
 
 
-def _output_marker(folder: Path) -> str | None:
-    """Return the name of the edgedp output file in `folder`, if there is one."""
-    for name in OUTPUT_MARKERS:
-        if (folder / name).is_file():
-            return name
+def _output_marker(folder: Path) -> tuple[str, str] | None:
+    """Return the name and kind of the edgedp output file in `folder`, if any."""
+    for name, (keys, kind) in OUTPUT_MARKERS.items():
+        path = folder / name
+        if _has_keys(path, keys):
+            return name, kind
+        if path.is_file():
+            log.info(
+                "searching %s for flow logs although it contains %s: that file "
+                "lacks the keys %s that edgedp writes in it",
+                folder,
+                name,
+                ", ".join(keys),
+            )
     return None
+
+
+def _has_keys(path: Path, keys: Sequence[str]) -> bool:
+    """Tell whether `path` is a JSON file whose top-level object has all `keys`."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_MARKER_BYTES:
+            return False
+        content = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and all(key in content for key in keys)
 
 
 def _looks_like_log(path: Path) -> bool:
