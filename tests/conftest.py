@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,49 @@ def prepared_iot23(iot23, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("prepared") / "iot23"
     return prepare_dataset([iot23 / "zeek", iot23 / "csv", iot23 / "mixed"], out)
+
+
+@pytest.fixture(scope="session")
+def resplit_iot23(iot23, tmp_path_factory):
+    """The logs of `prepared_iot23` prepared with split seed 3.
+
+    It has the same classes, features and row counts per split, but about
+    half of its validation and test rows are training rows of a bundle
+    trained on `prepared_iot23`.
+    """
+    from edgedp.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("prepared") / "seed3"
+    return prepare_dataset(
+        [iot23 / "zeek", iot23 / "csv", iot23 / "mixed"], out, seed=3
+    )
+
+
+@pytest.fixture
+def read_only_folder():
+    """Return a function that makes a folder unwritable until the test ends.
+
+    Root ignores file modes, so as root the folder gets the immutable flag
+    (`chattr +i`), and the test is skipped where the file system lacks it.
+    """
+    changed: list[tuple[Path, int]] = []
+
+    def make(folder: Path) -> None:
+        mode = folder.stat().st_mode
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+            changed.append((folder, mode))
+            return
+        done = subprocess.run(
+            ["chattr", "+i", str(folder)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"chattr +i failed on {folder}: {done.stderr.strip()}")
+        changed.append((folder, mode))
+
+    yield make
+
+    for folder, mode in changed:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(mode)

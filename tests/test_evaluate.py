@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edgedp import config
+from edgedp.atomic import OutputError
 from edgedp.bundle import BundleError, load_bundle
 from edgedp.dataset import MANIFEST_NAME
 from edgedp.evaluate import EvaluationError, evaluate_bundle, score_outputs
@@ -143,17 +144,6 @@ def private_classifier(prepared_iot23, tmp_path_factory):
     return train_bundle(prepared_iot23, root / "ff_dp", epsilon=2.0, epochs=1)
 
 
-@pytest.fixture(scope="module")
-def other_split(iot23, tmp_path_factory):
-    """The test fixture's logs prepared with another split seed."""
-    from edgedp.data.prepare import prepare_dataset
-
-    out = tmp_path_factory.mktemp("evaluate") / "seed3"
-    return prepare_dataset(
-        [iot23 / "zeek", iot23 / "csv", iot23 / "mixed"], out, seed=3
-    )
-
-
 def test_training_split_of_dp_bundle_rejected(private_classifier):
     before = (private_classifier.root / "bundle.json").read_bytes()
 
@@ -170,22 +160,37 @@ def test_training_split_of_plain_bundle_recorded(classifier):
     assert stored["rows"] == metrics["rows"]
 
 
-def test_other_split_dataset_rejected(private_classifier, other_split):
+def test_other_split_dataset_rejected(private_classifier, resplit_iot23):
     before = (private_classifier.root / "bundle.json").read_bytes()
 
     with pytest.raises(EvaluationError, match="may be training rows"):
-        evaluate_bundle(private_classifier, other_split)
+        evaluate_bundle(private_classifier, resplit_iot23)
 
     assert (private_classifier.root / "bundle.json").read_bytes() == before
 
 
-def test_other_dataset_scored_not_recorded(private_classifier, other_split):
+def test_other_dataset_scored_not_recorded(private_classifier, resplit_iot23):
     before = (private_classifier.root / "bundle.json").read_bytes()
 
-    metrics = evaluate_bundle(private_classifier, other_split, other_dataset=True)
+    metrics = evaluate_bundle(private_classifier, resplit_iot23, other_dataset=True)
 
-    assert metrics["rows"] == len(other_split.split("test"))
+    assert metrics["rows"] == len(resplit_iot23.split("test"))
     assert (private_classifier.root / "bundle.json").read_bytes() == before
+
+
+def test_read_only_bundle_rejected_before_scoring(
+    classifier, tmp_path, read_only_folder
+):
+    copy = tmp_path / "ff"
+    shutil.copytree(classifier.root, copy)
+    read_only_folder(copy)
+
+    with pytest.raises(OutputError, match=f"cannot write {copy / 'bundle.json'}"):
+        evaluate_bundle(copy, split="validation")
+
+    # --other-dataset records nothing, so it needs no writable bundle.
+    metrics = evaluate_bundle(copy, split="validation", other_dataset=True)
+    assert metrics["rows"] > 0
 
 
 def test_copied_dataset_accepted(classifier, prepared_iot23, tmp_path):

@@ -401,3 +401,65 @@ def test_cli_bench_unwritable_out_fails_first(bundles, tmp_path):
     assert result.exit_code == 2
     assert "cannot write" in _plain(result.output)
     assert "Traceback" not in result.output
+
+
+def test_cli_bench_rejects_folder_out(bundles, tmp_path):
+    result = CliRunner().invoke(
+        app, ["bench", str(bundles.classifier.root), "--out", str(tmp_path)]
+    )
+
+    assert result.exit_code == 2
+    assert "it is a folder" in _plain(result.output)
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+# A dataset other than the bundle's, or a bundle that cannot be written.
+
+
+def test_dataset_of_other_split_rejected(bundles, resplit_iot23):
+    before = (bundles.classifier.root / MANIFEST_NAME).read_bytes()
+
+    with pytest.raises(BundleError, match="split files differ"):
+        optimize_bundle(
+            bundles.classifier,
+            data=resplit_iot23,
+            calibration="validation",
+            force=True,
+        )
+
+    assert (bundles.classifier.root / MANIFEST_NAME).read_bytes() == before
+
+
+def test_cli_optimize_rejects_other_split(bundles, resplit_iot23):
+    before = (bundles.classifier.root / MANIFEST_NAME).read_bytes()
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "optimize",
+            str(bundles.classifier.root),
+            "--data",
+            str(resplit_iot23.root),
+            "--calibration",
+            "validation",
+            "--force",
+        ],
+    )
+
+    assert result.exit_code == 2
+    output = _plain(result.output)
+    assert "its validation rows may be training rows of the bundle" in output
+    assert "omit --data" in output
+    assert (bundles.classifier.root / MANIFEST_NAME).read_bytes() == before
+
+
+def test_cli_optimize_force_on_read_only_bundle(bundles, read_only_folder):
+    path = bundles.copy(bundles.classifier, "read-only")
+    read_only_folder(path)
+
+    result = CliRunner().invoke(app, ["optimize", str(path), "--force"])
+
+    assert result.exit_code == 2
+    assert f"cannot write {path / MANIFEST_NAME}" in _plain(result.output)
+    assert "Traceback" not in result.output

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from edgedp import config
-from edgedp.bundle import BundleError, load_bundle
+from edgedp.atomic import OutputError
+from edgedp.bundle import BundleError, add_files, load_bundle
 from edgedp.dataset import MANIFEST_NAME, load_prepared
 from edgedp.membership import (
     MembershipError,
@@ -268,9 +269,7 @@ def test_memorizing_model_leaks_membership(memorizing):
     assert result["bound"]["advantage"] is None
 
 
-def test_audit_counts_duplicates_on_constructed_split(
-    autoencoder, prepared_iot23, tmp_path
-):
+def test_audit_counts_duplicates_on_constructed_split(prepared_iot23, tmp_path):
     """Seven benign test rows copy training rows; 30 are distinct and unseen."""
     folder = _copy_dataset(prepared_iot23, tmp_path / "dataset")
     benign = prepared_iot23.classes.index(config.BENIGN_CLASS)
@@ -290,6 +289,11 @@ def test_audit_counts_duplicates_on_constructed_split(
         np.concatenate([unseen[:30], malicious[:20]])
     )
     pq.write_table(pa.concat_tables([copied, kept]), folder / "test.parquet")
+    # audit accepts only the dataset a bundle was trained on, split files
+    # included, so the model is trained on the constructed dataset.
+    autoencoder = train_bundle(
+        load_prepared(folder), tmp_path / "ae", model="ae", epochs=2
+    )
 
     result = audit_bundle(autoencoder, folder, samples=1000, seed=3)
 
@@ -349,6 +353,41 @@ def test_audit_rejects_other_training_split(classifier, prepared_iot23, tmp_path
         audit_bundle(classifier, folder)
 
 
+def test_audit_rejects_other_split_seed(classifier, resplit_iot23):
+    before = (classifier.root / "bundle.json").read_bytes()
+
+    with pytest.raises(BundleError, match="split files differ.*omit --data"):
+        audit_bundle(classifier, resplit_iot23, samples=50)
+
+    assert (classifier.root / "bundle.json").read_bytes() == before
+
+
+def test_audit_rejects_dataset_prepared_again(
+    classifier, prepared_iot23, resplit_iot23, tmp_path
+):
+    # A bundle whose recorded dataset folder is then prepared again in place
+    # with another split seed, and audited without --data.
+    folder = _copy_dataset(prepared_iot23, tmp_path / "dataset")
+    shutil.copytree(classifier.root, tmp_path / "ff")
+    bundle = load_bundle(tmp_path / "ff")
+    recorded = {**bundle.manifest["dataset"], "path": str(folder)}
+    add_files(bundle, {}, {"dataset": recorded})
+    audit_bundle(tmp_path / "ff", samples=50)
+    for split in ("train", "validation", "test"):
+        shutil.copy(resplit_iot23.root / f"{split}.parquet", folder)
+
+    with pytest.raises(BundleError, match="prepared again since training"):
+        audit_bundle(tmp_path / "ff", samples=50)
+
+
+def test_audit_rejects_read_only_bundle(classifier, tmp_path, read_only_folder):
+    shutil.copytree(classifier.root, tmp_path / "ff")
+    read_only_folder(tmp_path / "ff")
+
+    with pytest.raises(OutputError, match="cannot write"):
+        audit_bundle(tmp_path / "ff", samples=50)
+
+
 # The command line.
 
 
@@ -399,15 +438,20 @@ def _another_encoder(dataset, folder: Path) -> Path:
         ("samples 0", "Invalid value for '--samples'"),
         ("missing bundle", "is not a bundle (bundle.json not found)"),
         ("another encoder", "was encoded with feature encoder 0-other"),
+        ("another split", "split files differ"),
     ],
 )
-def test_cli_audit_rejects(case, message, classifier, prepared_iot23, tmp_path):
+def test_cli_audit_rejects(
+    case, message, classifier, prepared_iot23, resplit_iot23, tmp_path
+):
     bundle = str(classifier.root)
     data = str(prepared_iot23.root)
     if case == "samples 0":
         arguments = [bundle, "--data", data, "--samples", "0"]
     elif case == "missing bundle":
         arguments = [str(tmp_path / "no-bundle"), "--data", data]
+    elif case == "another split":
+        arguments = [bundle, "--data", str(resplit_iot23.root)]
     else:
         arguments = [
             bundle,
@@ -453,3 +497,15 @@ def test_report_section_quotes_audits(classifier, autoencoder):
         assert "| no bound | no bound |" in line
     assert "TPR at 0.1% FPR is not reported" in text
     assert "lower bound on leakage for this one attack" in text
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_cli_audit_seed_out_of_range(tmp_path, seed):
+    from typer.testing import CliRunner
+
+    from edgedp.cli import app, membership  # noqa: F401  (registers `audit`)
+
+    result = CliRunner().invoke(app, ["audit", str(tmp_path), "--seed", seed])
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--seed'" in result.output

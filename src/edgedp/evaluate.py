@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from edgedp import config
+from edgedp.atomic import check_writable
 from edgedp.bundle import TORCH_WEIGHTS, Bundle, add_files, load_bundle
 from edgedp.dataset import PreparedDataset, Split
-from edgedp.export import open_dataset
+from edgedp.export import is_training_dataset, open_dataset
 from edgedp.metrics import anomaly_metrics, classification_metrics, score_distribution
 
 logger = logging.getLogger(__name__)
@@ -128,24 +129,6 @@ class EvaluationError(ValueError):
     """A split or dataset whose scores must not be recorded in the bundle."""
 
 
-def is_training_dataset(bundle: Bundle, dataset: PreparedDataset) -> bool:
-    """Tell whether `dataset` is the prepared dataset `bundle` was trained on.
-
-    Compares `dataset_fingerprint` with the fingerprint in `bundle.json`.
-    A bundle trained before fingerprints were recorded has only the
-    dataset's path, so for it the resolved paths are compared.
-    """
-    from edgedp.train import dataset_fingerprint
-
-    recorded = bundle.manifest.get("dataset")
-    if not isinstance(recorded, dict):
-        recorded = {"path": recorded}
-    if recorded.get("fingerprint"):
-        return recorded["fingerprint"] == dataset_fingerprint(dataset)
-    path = recorded.get("path")
-    return path is not None and Path(path).resolve() == dataset.root.resolve()
-
-
 def _check_scored_rows(
     bundle: Bundle,
     dataset: PreparedDataset,
@@ -206,10 +189,14 @@ def evaluate_bundle(
         DatasetError: the dataset or split is missing.
         EvaluationError: `train` on a DP-trained bundle, or another dataset
             without `other_dataset`.
+        OutputError: the bundle folder is not writable and the result would
+            be recorded, checked before scoring.
     """
     # Reread bundle.json even for an opened bundle, so that metrics another
     # call recorded since it was opened are kept.
     bundle = load_bundle(bundle.root if isinstance(bundle, Bundle) else bundle)
+    if not other_dataset:
+        check_writable(bundle.root / "bundle.json")
     dataset = open_dataset(bundle, data)
     own_dataset = is_training_dataset(bundle, dataset)
     _check_scored_rows(

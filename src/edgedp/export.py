@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from edgedp.atomic import check_writable
 from edgedp.bundle import (
     FP32_MODEL,
     INT8_MODEL,
@@ -152,6 +153,58 @@ def _dataset_path(bundle: Bundle) -> str | None:
     if isinstance(recorded, dict):
         return recorded.get("path")
     return recorded
+
+
+def is_training_dataset(bundle: Bundle, dataset: PreparedDataset) -> bool:
+    """Tell whether `dataset` is the prepared dataset `bundle` was trained on.
+
+    Compares `dataset_fingerprint` with the fingerprint in `bundle.json`.
+    A bundle trained before fingerprints were recorded has only the
+    dataset's path, so for it the resolved paths are compared.
+    """
+    from edgedp.train import dataset_fingerprint
+
+    recorded = bundle.manifest.get("dataset")
+    if not isinstance(recorded, dict):
+        recorded = {"path": recorded}
+    if recorded.get("fingerprint"):
+        return recorded["fingerprint"] == dataset_fingerprint(dataset)
+    path = recorded.get("path")
+    return path is not None and Path(path).resolve() == dataset.root.resolve()
+
+
+def require_training_dataset(
+    bundle: Bundle, dataset: PreparedDataset, *, named: bool, risk: str
+) -> None:
+    """Reject a dataset other than the one `bundle` was trained on.
+
+    A re-split of the same logs has the same classes, features and row
+    counts, so only the split files (see `is_training_dataset`) tell it
+    apart. Its validation and test splits then contain training rows of the
+    bundle.
+
+    Args:
+        named: the dataset was given with --data, rather than read from the
+            path recorded in `bundle.json`.
+        risk: what would go wrong with this dataset, as a clause for the
+            error message.
+
+    Raises:
+        BundleError: `dataset` is not the bundle's training dataset.
+    """
+    if is_training_dataset(bundle, dataset):
+        return
+    if named:
+        fix = "pass the dataset it was trained on with --data, or omit --data"
+    else:
+        fix = (
+            "the folder was prepared again since training; pass the dataset "
+            "the bundle was trained on with --data, or retrain the bundle"
+        )
+    raise BundleError(
+        f"{dataset.root} is not the prepared dataset {bundle.root} was trained "
+        f"on (its split files differ), so {risk}; {fix}"
+    )
 
 
 def open_dataset(
@@ -648,6 +701,8 @@ def optimize_bundle(
         BundleError: the bundle lacks torch weights or its files are altered.
         CalibrationError: unknown source, or data of the wrong width.
         DatasetError: the prepared dataset is missing or unreadable.
+        OutputError: the bundle folder is not writable, checked before the
+            conversion starts.
     """
     if isinstance(bundle, Bundle):
         bundle = load_bundle(bundle.root)
@@ -675,9 +730,20 @@ def optimize_bundle(
         logger.info("skipped %s: its LiteRT models are up to date", bundle.root)
         return bundle
 
+    check_writable(bundle.root / "bundle.json")
     model = load_torch_model(bundle)
     n_features = model.spec.input_dim
     dataset = open_dataset(bundle, data)
+    require_training_dataset(
+        bundle,
+        dataset,
+        named=data is not None,
+        risk=(
+            "its validation rows may be training rows of the bundle: "
+            "calibrating on them would read private training rows outside "
+            "DP-SGD, and the recorded validation scores would overstate accuracy"
+        ),
+    )
 
     def calibrate(source: str) -> np.ndarray:
         flows = calibration_features(

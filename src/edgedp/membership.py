@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgedp import config
+from edgedp.atomic import check_writable
 from edgedp.bundle import TORCH_WEIGHTS, Bundle, BundleError, add_files, load_bundle
 from edgedp.dataset import PreparedDataset
 
@@ -334,17 +335,30 @@ def audit_bundle(
         MembershipError: `samples` is below 1, or the sample is empty.
         BundleError: the bundle is altered or lacks its torch weights, or the
             dataset is not the one it was trained on (another encoder
-            version, classes, features or training row count).
+            version, classes, features, training row count or split files).
         DatasetError: the dataset or a split is missing.
+        OutputError: the bundle folder is not writable, checked before the
+            attack runs.
     """
-    from edgedp.export import open_dataset
+    from edgedp.export import open_dataset, require_training_dataset
     from edgedp.models import ModelSpec, load_model
     from edgedp.train import training_population
 
     if samples < 1:
         raise MembershipError(f"samples must be at least 1, got {samples}")
     bundle = load_bundle(bundle.root if isinstance(bundle, Bundle) else bundle)
+    check_writable(bundle.root / "bundle.json")
     dataset = open_dataset(bundle, data)
+    require_training_dataset(
+        bundle,
+        dataset,
+        named=data is not None,
+        risk=(
+            "its training and test splits may each contain rows of the other "
+            "split of the bundle's dataset, and the attack would label members "
+            "as non-members and the reverse"
+        ),
+    )
     kind = bundle.model_kind
     classes = bundle.classes
     ledger = bundle.manifest.get("privacy", {})

@@ -79,7 +79,12 @@ def audit(
         ),
     ] = config.MEMBERSHIP_SAMPLES,
     seed: Annotated[
-        int, typer.Option(min=0, help="Seed of the member and non-member sample.")
+        int,
+        typer.Option(
+            min=0,
+            max=config.MAX_SEED,
+            help="Seed of the member and non-member sample, from 0 to 2^32-1.",
+        ),
     ] = config.DEFAULT_SEED,
 ) -> None:
     """Run a membership inference attack on a bundle and record it in bundle.json.
@@ -88,13 +93,20 @@ def audit(
     training rows. Its result is a lower bound on leakage for this one attack:
     a ROC-AUC near 0.5 does not show that the model is private.
     """
+    from edgedp.atomic import OutputError
     from edgedp.bundle import BundleError
     from edgedp.dataset import DatasetError
     from edgedp.membership import MembershipError, audit_bundle
 
     try:
         result = audit_bundle(bundle, data, samples=samples, seed=seed)
-    except (MembershipError, BundleError, DatasetError, FileNotFoundError) as error:
+    except (
+        MembershipError,
+        BundleError,
+        DatasetError,
+        FileNotFoundError,
+        OutputError,
+    ) as error:
         console.print(f"[red]error:[/] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
 

@@ -58,6 +58,7 @@ def optimize(
     ] = False,
 ) -> None:
     """Add LiteRT float32 and int8 models to a bundle and score them."""
+    from edgedp.atomic import OutputError
     from edgedp.bundle import BundleError
     from edgedp.dataset import DatasetError
     from edgedp.export import optimize_bundle
@@ -76,8 +77,8 @@ def optimize(
             calibration_size=calibration_size,
             force=force,
         )
-    except (BundleError, DatasetError) as error:
-        console.print(f"[red]error:[/] {error}")
+    except (BundleError, DatasetError, OutputError) as error:
+        console.print(f"[red]error:[/] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
 
     formats = updated.manifest["formats"]
@@ -157,6 +158,12 @@ def bench(
             param_hint="--variant",
         )
     try:
+        if out.is_dir():
+            raise atomic.OutputError(
+                f"cannot write {out}: it is a folder, and --out takes the path "
+                "of a JSON file; pass a file name such as "
+                f"{out / 'bench.json'}"
+            )
         atomic.check_writable(out)
     except atomic.OutputError as error:
         console.print(f"[red]error:[/] {error}", soft_wrap=True)

@@ -19,14 +19,17 @@ from edgedp.train import DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE, DEFAULT_THRE
 def _epsilon(value: str) -> float | None:
     if value.strip().lower() in ("none", "off"):
         return None
+    not_a_number = typer.BadParameter(
+        f"{value!r} is not a number; give a positive epsilon such as 1, "
+        "or none for a non-private run",
+        param_hint="--epsilon",
+    )
     try:
         epsilon = float(value)
     except ValueError as error:
-        raise typer.BadParameter(
-            f"{value!r} is not a number; give a positive epsilon such as 1, "
-            "or none for a non-private run",
-            param_hint="--epsilon",
-        ) from error
+        raise not_a_number from error
+    if math.isnan(epsilon):
+        raise not_a_number
     if math.isinf(epsilon):
         # An infinite epsilon is no guarantee at all; training without DP
         # must be asked for by name, so that a typo cannot turn DP off.
@@ -297,6 +300,7 @@ def evaluate(
     ] = False,
 ) -> None:
     """Score a bundle on a split and record the metrics in its bundle.json."""
+    from edgedp.atomic import OutputError
     from edgedp.bundle import BundleError
     from edgedp.dataset import DatasetError
     from edgedp.evaluate import evaluate_bundle
@@ -309,7 +313,13 @@ def evaluate(
             model_format=model_format,
             other_dataset=other_dataset,
         )
-    except (ValueError, DatasetError, BundleError, FileNotFoundError) as error:
+    except (
+        ValueError,
+        DatasetError,
+        BundleError,
+        FileNotFoundError,
+        OutputError,
+    ) as error:
         console.print(f"[red]error:[/] {error}", soft_wrap=True)
         raise typer.Exit(2) from error
 
