@@ -379,6 +379,52 @@ def test_report_command_rejects_damaged_bundle(quick_run, tmp_path):
     assert (out / "report.md").read_text() == before
 
 
+def test_report_command_rejects_unwritable_figures(tmp_path):
+    (tmp_path / "figures").write_text("not a folder")
+
+    code, message = _cli_output(["report", str(tmp_path)])
+
+    assert code == 2
+    assert "is a file, not a folder" in message
+    assert "Traceback" not in message
+
+
+def test_manual_audit_redoes_membership(quick_run, tmp_path, iot23):
+    import shutil
+    from dataclasses import replace
+
+    from edgedp.experiment import load_experiment
+    from edgedp.membership import audit_bundle
+    from edgedp.study.runner import _Runner, _SilentProgress
+
+    out = tmp_path / "copy"
+    shutil.copytree(quick_run["out"], out, ignore=shutil.ignore_patterns("*.lock"))
+    # The settings of the quick run's command. Earlier tests may have changed
+    # its sample count, so that is read from the recorded result.
+    settings = load_experiment(quick_run["config"])
+    paths = tuple(str((iot23 / name).resolve()) for name in SLICE)
+    settings = replace(settings, data=replace(settings.data, paths=paths))
+    settings = settings.quick_profile()
+    cell = settings.runs()[0]
+    bundle = out / "bundles" / cell.name
+    recorded = json.loads((bundle / "bundle.json").read_text())["membership"]
+    experiment = replace(
+        settings,
+        membership=replace(settings.membership, samples=recorded["samples"]),
+    )
+    runner = _Runner(experiment, out, False, 1, _SilentProgress())
+    assert runner._cell_done("membership", cell, "")
+
+    audit_bundle(bundle, samples=2, seed=cell.seed + 7)
+    assert not runner._cell_done("membership", cell, "")
+
+    audit_bundle(bundle, samples=recorded["samples"], seed=cell.seed + 7)
+    assert not runner._cell_done("membership", cell, "")
+
+    audit_bundle(bundle, samples=recorded["samples"], seed=cell.seed)
+    assert runner._cell_done("membership", cell, "")
+
+
 def _rerun_with_config(quick_run, name: str, text: str) -> subprocess.CompletedProcess:
     """Run the quick run's command again with another experiment file."""
     config = quick_run["config"]

@@ -330,7 +330,22 @@ def report(
     ],
 ) -> None:
     """Write report.md, report.json and figures/ again from a run folder's files."""
+    from edgedp.atomic import OutputError, check_writable
     from edgedp.report import ReportError, write_report
+    from edgedp.study import layout
+
+    # Check before drawing, and only inside an existing folder, so that a
+    # mistyped path gets the report's own error rather than a new folder.
+    outputs = [run_dir / layout.REPORT_JSON]
+    if (run_dir / layout.FIGURES).exists():
+        outputs.append(run_dir / layout.FIGURES / "figure.png")
+    try:
+        if run_dir.is_dir():
+            for output in outputs:
+                check_writable(output)
+    except OutputError as error:
+        console.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
+        raise typer.Exit(2) from None
 
     try:
         paths = write_report(run_dir)

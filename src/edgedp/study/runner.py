@@ -444,7 +444,33 @@ class _Runner:
         if key is None or not self.state.is_done(stage_id, key):
             return False
         bundle = _open_bundle(layout.bundle_folder(self.out, cell.name))
-        return bundle is not None and _has_outputs(stage, bundle)
+        if bundle is None or not _has_outputs(stage, bundle):
+            return False
+        if stage == "membership":
+            return self._membership_current(cell, bundle)
+        return True
+
+    def _membership_current(self, cell: TrainingRun, bundle: Bundle) -> bool:
+        """Tell whether the bundle's attack result has this run's settings.
+
+        A manual `edgedp audit` replaces the result in `bundle.json` without
+        changing the bundle's files or the run's state, so the state key
+        alone cannot tell that the result came from other settings.
+        """
+        recorded = bundle.manifest["membership"]
+        expected = {"samples": self.experiment.membership.samples, "seed": cell.seed}
+        current = all(recorded.get(name) == value for name, value in expected.items())
+        if not current:
+            logger.info(
+                "redoing membership/%s: bundle.json records samples %s and seed "
+                "%s, but this run uses %s and %s",
+                cell.name,
+                recorded.get("samples"),
+                recorded.get("seed"),
+                expected["samples"],
+                expected["seed"],
+            )
+        return current
 
     def _grid(self, dataset_id: str) -> list[TrainingRun]:
         """Run every unfinished cell stage; return the cells that are complete."""
