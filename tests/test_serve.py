@@ -645,3 +645,54 @@ def test_other_zeek_log_rejected(gateway_bundles, tmp_path, follow):
     assert result.returncode == 2
     message = f"error: {log} is a Zeek dns log; edgedp reads conn logs (#path conn)"
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["same-path", "symlink"])
+def test_alerts_into_input_rejected(gateway_bundles, iot23, tmp_path, link):
+    log = tmp_path / "conn.log"
+    shutil.copyfile(iot23 / ZEEK_LOGS["5-1"], log)
+    alerts = log
+    if link:
+        alerts = tmp_path / "alerts.jsonl"
+        alerts.symlink_to(log)
+    size = log.stat().st_size
+
+    result = _serve_cli(
+        [str(gateway_bundles["classifier"]), "--input", str(log)]
+        + ["--alerts", str(alerts)]
+    )
+
+    assert result.returncode == 2
+    assert f"error: --alerts {alerts} is the input file {log}" in result.stderr
+    assert log.stat().st_size == size
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "message"),
+    [
+        (
+            "classifier",
+            ["--format", "json"],
+            "gave no flows: all 1383 lines were bad (bad_json 1383); "
+            "--format json is likely wrong",
+        ),
+        (
+            "classifier",
+            ["--max-line-bytes", "10"],
+            "its first line is longer than --max-line-bytes 10",
+        ),
+        ("autoencoder", ["--threshold", "-1"], "threshold must be positive, got -1"),
+        ("autoencoder", ["--threshold", "0"], "threshold must be positive, got 0"),
+    ],
+    ids=["wrong-format", "short-line-limit", "negative-threshold", "zero-threshold"],
+)
+def test_unusable_settings_exit_2(gateway_bundles, iot23, kind, options, message):
+    result = _serve_cli(
+        [str(gateway_bundles[kind]), "--input", str(iot23 / ZEEK_LOGS["5-1"])]
+        + ["--alerts", "/dev/null", *options]
+    )
+
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "is not a Zeek conn log" not in result.stderr
+    assert "Traceback" not in result.stderr

@@ -440,7 +440,7 @@ def test_field_count_counted_like_inspect(iot23, tmp_path):
         ([b"\xff\xfe\xfd binary"], "not UTF-8 text"),
         ([b"\x1f\x8b\x08\x00"], "gzip-compressed"),
         ([b"a\tb\tc"], "3 tab-separated fields"),
-        ([None], "longer than the maximum line length"),
+        ([None], "longer than --max-line-bytes"),
         ([b"hello world"], "neither a Zeek header line"),
         ([b"#separator \\x09", b"#path\tconn", b"#fields\tts"], None),
         ([b"#separator \\x09", b"#path\tdns", b"#fields\tts"], "Zeek dns log"),

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threshold",
-        help="autoencoder anomaly threshold: a finite number, or a name "
+        help="autoencoder anomaly threshold: a finite number above 0, or a name "
         "recorded in the bundle (validation_fpr, study); default: "
         "validation_fpr if recorded, else study. A classifier bundle ignores "
         "it, with a warning",
@@ -223,7 +223,13 @@ def run_serve(argv: list[str]) -> int:
         return 2
 
     totals = gateway.run()
-    return 1 if totals["events"].get("alert_output_closed") else 0
+    if totals["events"].get("alert_output_closed"):
+        return 1
+    problem = gateway.input_problem(totals)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    return 0
 
 
 @app.command(

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import repeat
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -181,23 +182,41 @@ _CSV_HINT = (
 )
 
 
-def foreign_format(lines: Sequence[bytes | None]) -> str | None:
+_OVERLONG_FIRST_LINE = "its first line is longer than --max-line-bytes"
+
+
+def foreign_input_message(source: str | Path, description: str) -> str:
+    """Return the message for an input that `foreign_format` described.
+
+    A first line over the length limit shows nothing about the file's format,
+    so that message names the limit and does not call the file foreign.
+    """
+    if description.startswith(_OVERLONG_FIRST_LINE):
+        return f"{source} cannot be checked as a Zeek conn log: {description}"
+    return f"{source} is not a Zeek conn log: {description}"
+
+
+def foreign_format(
+    lines: Sequence[bytes | None], max_line_bytes: int | None = None
+) -> str | None:
     """Describe why the first lines of a file are not a Zeek conn log.
 
     Returns None for a Zeek TSV header whose `#path` is absent or `conn`, a
     JSON object, or a conn.log line without a header (21 tab-separated
     fields, or 23 with IoT-23's labels), and for a file with no line yet.
     Otherwise returns what the lines look like and what serve reads, without
-    the file name.
+    the file name. `max_line_bytes` is the line source's limit, named in the
+    message when the first line exceeds it.
     """
     sample = [line for line in lines[:_SNIFF_LINES] if line is None or line.strip()]
     if not sample:
         return None
     first = sample[0]
     if first is None:
+        limit = "" if max_line_bytes is None else f" {max_line_bytes}"
         return (
-            "its first line is longer than the maximum line length, so it is "
-            f"not a Zeek log; {_EXPECTED_FORMAT}"
+            f"{_OVERLONG_FIRST_LINE}{limit}; raise --max-line-bytes if it is "
+            "a conn log with longer lines"
         )
     if first.startswith(b"\x1f\x8b"):
         return (
@@ -368,7 +387,7 @@ class LineParser:
         self.foreign_input = foreign_format(chunk.lines)
         if self.foreign_input is not None:
             self._on_notice(
-                f"{chunk.source} is not a Zeek conn log: {self.foreign_input}. "
+                f"{foreign_input_message(chunk.source, self.foreign_input)}. "
                 "Its lines are still read, and the bad ones counted."
             )
 

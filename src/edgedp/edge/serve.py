@@ -45,6 +45,7 @@ from edgedp.edge.follow import (
     FolderSource,
     LineSource,
     StreamSource,
+    rotated_logs,
 )
 from edgedp.edge.inference import MODEL_FILES, Runner, load_runner
 from edgedp.edge.records import (
@@ -56,6 +57,7 @@ from edgedp.edge.records import (
     LineParser,
     categorical,
     foreign_format,
+    foreign_input_message,
     needed_fields,
     other_log_path,
 )
@@ -212,6 +214,38 @@ def open_source(settings: ServeSettings, on_event: Any) -> LineSource:
     )
 
 
+def check_alert_path(settings: ServeSettings) -> None:
+    """Reject an alert file that is the input file or one of the input's logs.
+
+    Alerts appended to the log being read would change the log and be read
+    back as bad lines. Two paths are the same file when `os.path.samefile`
+    returns True (hard and symbolic links included) or, for a file that does not
+    exist yet, when they resolve to the same path.
+
+    Raises:
+        ValueError: the alert file is an input file.
+    """
+    if settings.alerts in (None, STDIN) or settings.input == STDIN:
+        return
+    alerts = Path(settings.alerts)
+    source = Path(settings.input)
+    inputs = rotated_logs(source) if source.is_dir() else [source]
+    for path in inputs:
+        if _same_file(alerts, path):
+            raise ValueError(
+                f"--alerts {alerts} is the input file {path}; alerts appended "
+                "to it would change the log and be read back as bad lines, so "
+                "write them to another file"
+            )
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return first.resolve() == second.resolve()
+
+
 def check_log_format(path: Path, max_line_bytes: int) -> None:
     """Read the first block of a log file and check that it is a Zeek conn log.
 
@@ -222,9 +256,9 @@ def check_log_format(path: Path, max_line_bytes: int) -> None:
     """
     lines = _first_lines(path, max_line_bytes)
     _reject_other_log(path, lines)
-    description = foreign_format(lines)
+    description = foreign_format(lines, max_line_bytes)
     if description is not None:
-        raise InputFormatError(f"{path} is not a Zeek conn log: {description}")
+        raise InputFormatError(foreign_input_message(path, description))
 
 
 def check_log_path(path: Path, max_line_bytes: int) -> None:
@@ -275,6 +309,7 @@ class Gateway:
         self, settings: ServeSettings, *, bundle: Bundle | None = None
     ) -> None:
         self.settings = settings
+        check_alert_path(settings)
         self.bundle = bundle or open_bundle(settings.bundle)
         self.feature_set = bundle_feature_set(self.bundle)
         self.rule = VerdictRule(self.bundle, threshold=settings.threshold)
@@ -401,6 +436,38 @@ class Gateway:
             _events_text(totals["events"]),
         )
         return totals
+
+    def input_problem(self, totals: dict[str, Any]) -> str | None:
+        """Describe a single input, read to its end, that gave only bad lines.
+
+        Such a run did no work, most likely because `--format` or
+        `--max-line-bytes` does not fit the file, so `edgedp serve` exits 2
+        on it. A followed file, a folder of logs, a run stopped by a signal
+        and an input without any line return None.
+        """
+        settings = self.settings
+        bad = sum(totals["bad_lines"].values())
+        if totals["flows"] or not bad or self._stop or settings.follow:
+            return None
+        if settings.input != STDIN and Path(settings.input).is_dir():
+            return None
+
+        reasons = ", ".join(
+            f"{reason} {count}" for reason, count in sorted(totals["bad_lines"].items())
+        )
+        name = "stdin" if settings.input == STDIN else settings.input
+        message = f"{name} gave no flows: all {bad} lines were bad ({reasons})"
+        if totals["bad_lines"].get("overlong"):
+            return (
+                f"{message}; lines longer than --max-line-bytes "
+                f"{settings.max_line_bytes} are skipped, so raise it"
+            )
+        if settings.log_format != "auto":
+            return (
+                f"{message}; --format {settings.log_format} is likely wrong for "
+                "this input, so try --format auto"
+            )
+        return f"{message}; check that it is a Zeek conn log"
 
     def _reopen_alerts(self) -> None:
         """Reopen the alert file on SIGHUP, or keep the open one if that fails."""

@@ -58,7 +58,7 @@ class VerdictRule:
     Raises:
         BundleError: a classifier without a `Benign` class, or an autoencoder
             without the requested threshold.
-        ValueError: a threshold that is NaN or infinite.
+        ValueError: a threshold that is NaN, infinite, or 0 or less.
     """
 
     def __init__(self, bundle: Bundle, *, threshold: str | float | None = None) -> None:
@@ -113,8 +113,10 @@ def resolve_threshold(
 
     Raises:
         BundleError: the bundle does not record the requested name.
-        ValueError: the requested number is NaN or infinite. A NaN threshold
-            would flag no flow, because every comparison with NaN is false.
+        ValueError: the requested number is NaN, infinite, or 0 or less. A
+            NaN threshold would flag no flow, because every comparison with
+            NaN is false. A reconstruction error is a mean squared error, so
+            it is 0 or more, and a threshold of 0 or less flags every flow.
     """
     number: float | None = None
     if isinstance(requested, (int, float)):
@@ -128,6 +130,12 @@ def resolve_threshold(
         if not math.isfinite(number):
             raise ValueError(
                 f"threshold must be a finite number, got {requested}; pass a "
+                "reconstruction error such as 0.16, or validation_fpr or study"
+            )
+        if number <= 0:
+            raise ValueError(
+                f"threshold must be positive, got {requested}; reconstruction "
+                "errors are 0 or more, so it would flag every flow. Pass a "
                 "reconstruction error such as 0.16, or validation_fpr or study"
             )
         return "custom", number
