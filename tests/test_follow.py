@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import struct
 import threading
 import time
 import zlib
@@ -261,6 +262,32 @@ def test_truncated_gzip_ends_at_damage(iot23, tmp_path):
     assert str(path) in events[0][1]
     assert f"after line {len(complete)}" in events[0][1]
     assert "EOFError" in events[0][1]
+
+
+def _gzip_with_wrong_checksum(source: bytes, path: Path) -> None:
+    """Write `source` with one byte flipped in the middle, gzipped with the
+    checksum of the unchanged data, so only the trailer check fails."""
+    changed = bytearray(source)
+    changed[len(changed) // 2] ^= 0x01
+    compressed = gzip.compress(bytes(changed), mtime=0)
+    trailer = struct.pack("<II", zlib.crc32(source), len(source) & 0xFFFFFFFF)
+    path.write_bytes(compressed[:-8] + trailer)
+
+
+def test_gzip_checksum_error_explained(iot23, tmp_path):
+    path = tmp_path / "conn.log.gz"
+    source = (iot23 / "zeek/CTU-Honeypot-Capture-4-1.conn.log.labeled").read_bytes()
+    _gzip_with_wrong_checksum(source, path)
+    events: list[tuple[str, str]] = []
+    file_source = FileSource(path, on_event=lambda *event: events.append(event))
+
+    lines = _drain(file_source)
+
+    assert len(lines) == source.count(b"\n")
+    assert [kind for kind, _ in events] == ["corrupt_file"]
+    assert "the gzip checksum does not match" in events[0][1]
+    assert f"here after line {len(lines)}" in events[0][1]
+    assert "may be on any earlier line" in events[0][1]
 
 
 def test_gzip_with_bad_header_reported(tmp_path):

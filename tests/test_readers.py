@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import struct
 import threading
 import zlib
 from collections import Counter
@@ -539,6 +540,25 @@ def test_find_logs_in_folder(iot23):
     assert len(found) == len(EXPECTED) + 1
     assert all(path.name != "MANIFEST.md" for path in found)
     assert names[".gz"] == 4
+
+
+def test_gzip_checksum_error_explained(tmp_path, iot23):
+    source = (iot23 / "zeek/CTU-Honeypot-Capture-4-1.conn.log.labeled").read_bytes()
+    changed = bytearray(source)
+    changed[len(changed) // 2] ^= 0x01
+    compressed = gzip.compress(bytes(changed), mtime=0)
+    trailer = struct.pack("<II", zlib.crc32(source), len(source) & 0xFFFFFFFF)
+    path = tmp_path / "conn.log.gz"
+    path.write_bytes(compressed[:-8] + trailer)
+
+    with pytest.raises(FlowLogError) as error:
+        list(sources.read_chunks(path))
+
+    message = str(error.value)
+    lines = source.count(b"\n")
+    assert "its gzip checksum does not match" in message
+    assert f"here after line {lines}" in message
+    assert "may be on any earlier line" in message
 
 
 def test_find_logs_missing_path(tmp_path):

@@ -292,6 +292,13 @@ def _damaged_message(path: Path, error: BaseException) -> str:
     except READ_ERRORS:
         pass
     place = f"after line {complete}" if complete else "before its first line"
+    if isinstance(error, gzip.BadGzipFile) and "CRC check failed" in str(error):
+        return (
+            f"{path} is damaged: its gzip checksum does not match ({error}). "
+            f"gzip checks it only at the end of each member, here after line "
+            f"{complete}, so the damage may be on any earlier line; "
+            f"{_download_hint(path)}"
+        )
     return (
         f"{path} is damaged {place} ({type(error).__name__}: {error}); "
         f"{_download_hint(path)}"

@@ -174,6 +174,12 @@ DECOMPRESSION_ERRORS: tuple[type[Exception], ...] = (EOFError, zlib.error, OSErr
 data. `OSError` includes `gzip.BadGzipFile` for a bad header or checksum."""
 
 
+def _is_checksum_error(error: BaseException) -> bool:
+    # CPython's gzip module raises BadGzipFile("CRC check failed ...") when the
+    # CRC-32 in a member's trailer does not match the decompressed data.
+    return isinstance(error, gzip.BadGzipFile) and "CRC check failed" in str(error)
+
+
 def _open_log(path: Path) -> BinaryIO:
     if path.suffix == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
@@ -323,11 +329,20 @@ class FileSource(_SplitterSource):
     def _report_corrupt(self, error: Exception) -> None:
         lines = self._splitter.lines_seen
         place = f"after line {lines}" if lines else "before its first line"
-        self._on_event(
-            "corrupt_file",
-            f"{self.path}: the gzip data is truncated or corrupt {place} "
-            f"({type(error).__name__}: {error}); the rest of the file is skipped",
-        )
+        if _is_checksum_error(error):
+            message = (
+                f"{self.path}: the gzip checksum does not match ({error}). gzip "
+                f"checks it only at the end of each member, here after line "
+                f"{lines}, so the damage may be on any earlier line and the "
+                "lines already read may contain it"
+            )
+        else:
+            message = (
+                f"{self.path}: the gzip data is truncated or corrupt {place} "
+                f"({type(error).__name__}: {error}); the rest of the file is "
+                "skipped"
+            )
+        self._on_event("corrupt_file", message)
         dropped = self._splitter.reset()
         if dropped:
             self._on_event(
