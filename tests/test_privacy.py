@@ -41,7 +41,7 @@ def _settings(**changes):
     [
         ({"target_epsilon": 0.0}, "epsilon must be a positive number"),
         ({"target_epsilon": -1.0}, "epsilon must be a positive number"),
-        ({"target_epsilon": math.nan}, "epsilon must be a positive number"),
+        ({"target_epsilon": math.nan}, "epsilon must be a number, got nan"),
         ({"target_delta": 0.0}, "delta must be above 0"),
         ({"target_delta": 1e-4}, r"below 1/N = 0.0001 for N = 10000"),
         ({"target_delta": 0.5}, "set a smaller --delta"),

@@ -295,6 +295,7 @@ def test_cli_train_reports_bad_input(prepared_iot23, tmp_path):
     ("options", "message"),
     [
         (["--epsilon", "inf"], "pass --epsilon none to train without DP"),
+        (["--epsilon", "nan"], "'nan' is not a number"),
         (["--epsilon", "1000"], "above the maximum of 20"),
         (["--epsilon", "1e6"], "above the maximum of 20"),
         (["--epsilon", "1", "--seed", "-3"], "--seed"),

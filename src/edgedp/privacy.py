@@ -123,6 +123,11 @@ class DPSettings:
     population: str = "training split rows"
 
     def __post_init__(self) -> None:
+        if math.isnan(self.target_epsilon):
+            raise PrivacyConfigError(
+                "epsilon must be a number, got nan; give a positive epsilon "
+                "such as 1, or none for a non-private run"
+            )
         if not (math.isfinite(self.target_epsilon) and self.target_epsilon > 0):
             raise PrivacyConfigError(
                 f"epsilon must be a positive number, got {self.target_epsilon}; "
