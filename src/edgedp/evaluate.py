@@ -152,8 +152,10 @@ def _check_scored_rows(
         f"{dataset.root} is not the prepared dataset {bundle.root} was trained "
         "on (its split files differ), so its test and validation rows may be "
         "training rows of the bundle and the scores would overstate accuracy; "
-        "omit --data to use the bundle's own dataset, or pass --other-dataset "
-        "to score it anyway without recording the result in bundle.json"
+        "pass the dataset it was trained on with --data (the folder recorded "
+        "in bundle.json is used without --data, unless it was prepared again "
+        "since training), or pass --other-dataset to score it anyway without "
+        "recording the result in bundle.json"
     )
 
 
