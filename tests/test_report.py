@@ -154,6 +154,20 @@ def test_data_section_lists_rejected_files():
     assert "Files read: 1." in text
 
 
+def test_data_section_lists_skipped_folders():
+    dataset = _dataset_with_rejected_file()
+    dataset["skipped_folders"] = [
+        {"path": "/logs/runs/a", "marker": "state.json", "kind": "run folder"}
+    ]
+
+    data = collect_data(dataset)
+    text = "\n".join(_data_section(data))
+
+    assert data["skipped_folders"] == dataset["skipped_folders"]
+    assert "contain edgedp output: 1." in text
+    assert "- `/logs/runs/a`: run folder (`state.json`)" in text
+
+
 def _plain_manifest() -> dict:
     ledger = non_private_ledger(population="train split", rows=100, steps=20)
     ledger["calibration"] = {

@@ -188,7 +188,9 @@ def collect_data(dataset: dict[str, Any]) -> dict[str, Any]:
     """Build the data section: inputs, rows, classes per split, what was skipped.
 
     `rejected` lists the files that prepare found in a folder but could not
-    read, each as `path` and `reason`.
+    read, each as `path` and `reason`. `skipped_folders` lists the folders
+    that the search did not enter because they are edgedp outputs, each as
+    `path`, `marker` and `kind`.
     """
     inputs = []
     for entry in dataset.get("inputs", []):
@@ -218,6 +220,14 @@ def collect_data(dataset: dict[str, Any]) -> dict[str, Any]:
         "rejected": [
             {"path": entry.get("path"), "reason": entry.get("reason")}
             for entry in dataset.get("rejected", [])
+        ],
+        "skipped_folders": [
+            {
+                "path": entry.get("path"),
+                "marker": entry.get("marker"),
+                "kind": entry.get("kind"),
+            }
+            for entry in dataset.get("skipped_folders", [])
         ],
         "splits": dataset.get("splits", {}),
         "excluded_labels": dataset.get("excluded", {}),

@@ -148,6 +148,19 @@ def _data_section(data: dict[str, Any]) -> list[str]:
             reason = " ".join(str(entry.get("reason") or "no reason recorded").split())
             lines.append(f"- `{entry.get('path')}`: {reason}")
         lines.append("")
+    skipped_folders = data.get("skipped_folders", [])
+    if skipped_folders:
+        lines += [
+            "Folders in the inputs that were not searched, because they "
+            f"contain edgedp output: {len(skipped_folders)}.",
+            "",
+        ]
+        for entry in skipped_folders:
+            lines.append(
+                f"- `{entry.get('path')}`: {entry.get('kind')} "
+                f"(`{entry.get('marker')}`)"
+            )
+        lines.append("")
 
     splits = data["splits"]
     names = list(splits)
