@@ -116,27 +116,28 @@ class LogSearch(NamedTuple):
     skipped_folders: list[SkippedFolder]
 
 
-def find_logs(paths: Iterable[str | Path]) -> list[Path]:
+def find_logs(paths: Iterable[str | Path], *, warn: bool = True) -> list[Path]:
     """Expand files and folders into the list of flow log files to read.
 
-    This is `search_logs` without the list of skipped folders.
+    This is `search_logs` without the list of skipped folders. `warn`
+    False leaves the warnings to a later `search_logs` of the same paths.
 
     Raises:
         FileNotFoundError: a path does not exist.
         FlowLogError: no flow log was found at all.
     """
-    return search_logs(paths).files
+    return search_logs(paths, warn=warn).files
 
 
-def search_logs(paths: Iterable[str | Path]) -> LogSearch:
+def search_logs(paths: Iterable[str | Path], *, warn: bool = True) -> LogSearch:
     """Expand files and folders into flow log files and the folders skipped.
 
     Folders are searched recursively for names ending in `LOG_SUFFIXES`,
     optionally followed by `.gz`, and return them sorted. Subfolders that
-    edgedp wrote (see `OUTPUT_MARKERS`) are not searched, each is logged as
-    a warning and returned in `skipped_folders`. A folder named in `paths`
-    is always searched. Files are kept in the order given. A path given
-    twice is read once.
+    edgedp wrote (see `OUTPUT_MARKERS`) are not searched. Each is logged as
+    a warning (unless `warn` is False) and returned in `skipped_folders`.
+    A folder named in `paths` is always searched. Files are kept in the
+    order given. A path given twice is read once.
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -149,13 +150,23 @@ def search_logs(paths: Iterable[str | Path]) -> LogSearch:
         path = Path(raw)
         if path.is_dir():
             matches = sorted(_search_folder(path, skipped))
-            if not matches:
+            if not matches and warn:
                 log.warning("no flow log files found in %s", path)
             found.extend(matches)
         elif path.is_file():
             found.append(path)
         else:
             raise FileNotFoundError(f"{path} does not exist")
+
+    skipped = list(dict.fromkeys(skipped))
+    for folder in skipped if warn else ():
+        log.warning(
+            "not searching %s for flow logs: its %s is a %s manifest that "
+            "edgedp wrote; pass that folder itself to read its logs",
+            folder.path,
+            folder.marker,
+            folder.kind,
+        )
 
     unique = list(dict.fromkeys(p.resolve() for p in found))
     if not unique:
@@ -164,13 +175,13 @@ def search_logs(paths: Iterable[str | Path]) -> LogSearch:
             + ", ".join(str(p) for p in paths)
             + f"; expected names ending in {', '.join(LOG_SUFFIXES)} (or .gz)"
         )
-    return LogSearch(unique, list(dict.fromkeys(skipped)))
+    return LogSearch(unique, skipped)
 
 
 def _search_folder(root: Path, skipped: list[SkippedFolder]) -> Iterator[Path]:
     """Yield the files under `root` with flow log names, skipping edgedp outputs.
 
-    Each skipped subfolder is logged and appended to `skipped`.
+    Each skipped subfolder is appended to `skipped`.
     """
     for folder, subfolders, files in os.walk(root):
         searched = []
@@ -181,13 +192,6 @@ def _search_folder(root: Path, skipped: list[SkippedFolder]) -> Iterator[Path]:
                 searched.append(name)
                 continue
             marker, kind = found
-            log.warning(
-                "not searching %s for flow logs: its %s is a %s manifest that "
-                "edgedp wrote; pass that folder itself to read its logs",
-                path,
-                marker,
-                kind,
-            )
             skipped.append(SkippedFolder(path, marker, kind))
         subfolders[:] = searched
         for name in files:

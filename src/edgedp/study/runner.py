@@ -379,7 +379,7 @@ class _Runner:
 
         inputs = [
             [str(path), path.stat().st_size, path.stat().st_mtime_ns]
-            for path in find_logs(paths)
+            for path in find_logs(paths, warn=False)
         ]
         key = settings_key(
             self.experiment.fingerprint("prepare"), inputs, features.ENCODER_VERSION
