@@ -750,3 +750,23 @@ def test_train_cell_delta_names_file_setting(prepared_iot23, tmp_path):
     assert "[train] delta" in str(raised.value)
     assert "--delta" not in str(raised.value)
     assert not (tmp_path / "bundle").exists()
+
+
+def test_run_rejects_large_delta_before_training(tmp_path, iot23):
+    config = tmp_path / "delta.toml"
+    config.write_text(QUICK_CONFIG + "\n[train]\ndelta = 0.001\n")
+    out = tmp_path / "run"
+
+    result = subprocess.run(
+        _command(config, out, iot23),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert "[train] delta" in output
+    assert "--delta" not in output
+    assert _trained(_state(out)) == []

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgedp import atomic
+from edgedp import atomic, config
 from edgedp.bundle import (
     FP32_MODEL,
     INT8_MODEL,
@@ -317,6 +317,7 @@ class _Runner:
         """Run or skip every stage up to the report."""
         paths = self._data()
         dataset_id = self._prepare(paths)
+        self._check_delta()
         finished = self._grid(dataset_id)
         self._bench(finished)
 
@@ -408,6 +409,33 @@ class _Runner:
         self._done("prepare", key, inputs=inputs, seconds=seconds)
         self.progress.finish("prepare", _prepared_summary(manifest))
         return _dataset_id(manifest)
+
+    def _check_delta(self) -> None:
+        """Reject a delta of 1/N or more before any DP cell starts training.
+
+        Each DP cell would fail with the same error after its worker had
+        started, so the run stops once, here, naming `[train] delta`.
+        """
+        from edgedp.privacy import DeltaError
+
+        train = self.experiment.train
+        if all(epsilon is None for epsilon in train.epsilons):
+            return
+        split = json.loads((self.dataset_dir / "dataset.json").read_text())
+        split = split["splits"]["train"]
+        populations = {
+            "classifier": (split["rows"], "training split rows"),
+            "autoencoder": (
+                split["classes"].get(config.BENIGN_CLASS, 0),
+                "Benign training split rows",
+            ),
+        }
+        for model in train.models:
+            rows, population = populations[model]
+            if rows >= 1 and not train.delta < 1 / rows:
+                raise StudyError(
+                    str(DeltaError(train.delta, rows, population, "[train] delta"))
+                )
 
     # 3. The grid: train, optimize, evaluate per cell.
 
