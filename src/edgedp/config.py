@@ -27,9 +27,10 @@ DEFAULT_DELTA = 1e-5
 DEFAULT_MAX_GRAD_NORM = 1.0
 # Largest target epsilon that training and the experiment file accept. At
 # epsilon 20 a membership test may already reach a true-positive rate e^20
-# (about 5e8) times its false-positive rate, which says nothing useful. Past
-# it the PRV accountant's noise calibration slows down until it hangs or runs
-# out of memory (docs/privacy.md gives the measurements and the command).
+# (about 5e8) times its false-positive rate, so the guarantee protects
+# nothing in practice. Past it the PRV accountant's noise calibration slows
+# down until it hangs or runs out of memory (docs/privacy.md gives the
+# measurements and the command).
 MAX_EPSILON = 20.0
 
 CLASSIFIER_EPOCHS = 15

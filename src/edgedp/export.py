@@ -390,7 +390,7 @@ def _check_width(calibration: np.ndarray, width: int) -> None:
 # Conversion and quantization.
 
 
-# Third-party messages that every conversion repeats and that say nothing
+# Third-party messages that every conversion repeats and that contain nothing
 # about the bundle, as (logger name, message pattern). torchao 0.18 logs the
 # first two when it is imported on a machine without CUDA kernels or Triton,
 # and torch 2.13 logs the third when torchao registers an Enum as a pytree
