@@ -57,7 +57,12 @@ def test_shipped_file_documents_every_key():
             else:
                 written.add(f"{section}.{key}")
     # Keys whose default is "unset" can only appear commented out.
-    unset = {"data.cache", "data.base_url", "prepare.max_rows_per_file"}
+    unset = {
+        "data.cache",
+        "data.base_url",
+        "prepare.max_rows_per_file",
+        "prepare.max_rows_per_class",
+    }
 
     assert expected - written == unset
     for key in unset:
@@ -154,6 +159,7 @@ def test_unknown_key_names_valid_ones(text, message):
         ('[prepare]\nsplit = "time"\n', "split must be one of random, capture"),
         ('[prepare]\nclasses = ["Benign"]\n', "at least two classes"),
         ("[prepare]\nmax_rows_per_file = 0\n", "max_rows_per_file must be"),
+        ("[prepare]\nmax_rows_per_class = -5\n", "max_rows_per_class must be"),
         ('[prepare.class_mapping]\n"C&C-*" = "CC"\n', 'maps "C&C-*" to "CC"'),
         ('[optimize]\ncalibration = "test"\n', "calibration must be one of"),
         ("[bench]\nsamples = true\n", "[bench] samples must be a whole number"),
@@ -202,7 +208,8 @@ def test_quick_profile_applies_overrides():
     assert quick.train.classifier.epochs == 3
     assert quick.train.classifier.batch_size == 256
     assert quick.train.autoencoder.batch_size == 256
-    assert quick.prepare.max_rows_per_file == 2000
+    assert quick.prepare.max_rows_per_class == 2000
+    assert quick.prepare.max_rows_per_file is None
     assert quick.bench.samples == 1000
     assert quick.data == Experiment().data
     assert len(quick.runs()) == 4

@@ -173,6 +173,40 @@ def test_max_rows_per_file(iot23, tmp_path):
     assert sum(dataset.manifest["splits"][s]["rows"] for s in SPLITS) == 300
 
 
+def test_class_cap_keeps_every_class(iot23, tmp_path):
+    capped = prepare_dataset([iot23], tmp_path / "capped", max_rows_per_class=2000)
+    again = prepare_dataset([iot23], tmp_path / "again", max_rows_per_class=2000)
+    first_rows = prepare_dataset([iot23], tmp_path / "first", max_rows_per_file=2000)
+
+    manifest = capped.manifest
+    totals = {
+        name: sum(manifest["splits"][s]["classes"][name] for s in SPLITS)
+        for name in capped.classes
+    }
+    assert totals == {
+        "Benign": 2000,
+        "PartOfAHorizontalPortScan": 122,
+        "Okiru": 1000,
+        "DDoS": 2000,
+        "C&C": 2000,
+        "Attack": 2000,
+    }
+    assert manifest["rows"] == {
+        "read": 123386,
+        "duplicates_dropped": 54490,
+        "excluded": 867,
+        "over_class_cap": 58907,
+        "in_dropped_classes": 0,
+        "kept": 9122,
+    }
+    assert manifest["max_rows_per_class"] == 2000
+    assert sum(entry["rows_over_class_cap"] for entry in manifest["inputs"]) == 58907
+    for name in SPLITS:
+        assert list(capped.split(name).uids) == list(again.split(name).uids)
+    # The first rows of each file hold only three of the classes.
+    assert first_rows.classes == ["Benign", "DDoS", "C&C"]
+
+
 def test_no_matching_class_is_error(iot23, tmp_path):
     with pytest.raises(PrepareError, match="no flow of the classes Okiru"):
         prepare_dataset(
@@ -261,12 +295,20 @@ def test_cli_prepare_and_inspect(iot23, tmp_path):
         "Benign,DDoS,C&C",
         "--map",
         "C&C-*=C&C",
+        "--max-rows-per-class",
+        "500",
     )
     inspected = _edgedp("inspect", str(iot23 / "variants"))
 
     assert prepared.returncode == 0, prepared.stderr
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["classes"] == ["Benign", "DDoS", "C&C"]
+    totals = [
+        sum(manifest["splits"][s]["classes"][name] for s in SPLITS)
+        for name in manifest["classes"]
+    ]
+    assert totals == [500, 500, 310]
+    assert "over the class cap: 1639" in " ".join(prepared.stderr.split())
     assert manifest["inputs"][0]["rows_skipped"]["total"] == 1
     assert load_prepared(out).feature_names == features.feature_names("paper")
     assert inspected.returncode == 1
@@ -321,6 +363,7 @@ def test_excluded_counts_each_flow_once(iot23, tmp_path):
         "read": 6418,
         "duplicates_dropped": 3209,
         "excluded": 16,
+        "over_class_cap": 0,
         "in_dropped_classes": 0,
         "kept": 3193,
     }
@@ -337,6 +380,7 @@ def test_row_counts_add_up(iot23, tmp_path):
         "read": 123386,
         "duplicates_dropped": 54490,
         "excluded": 867,
+        "over_class_cap": 0,
         "in_dropped_classes": 0,
         "kept": 68029,
     }
@@ -351,6 +395,7 @@ def test_row_counts_add_up(iot23, tmp_path):
         parts = (
             entry["duplicates_dropped"]
             + entry["rows_excluded"]
+            + entry["rows_over_class_cap"]
             + entry["rows_in_dropped_classes"]
             + entry["rows_kept"]
         )

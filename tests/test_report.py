@@ -271,6 +271,17 @@ def test_data_section_explains_row_limit():
     assert "Only the first 2,000 rows of each file were read" in text
 
 
+def test_data_section_states_class_cap():
+    dataset = _dataset_with_rejected_file()
+    dataset["max_rows_per_class"] = 2000
+    dataset["rows"] = {"over_class_cap": 58907}
+
+    text = "\n".join(_data_section(collect_data(dataset)))
+
+    assert "at most 2,000 flows kept per class" in text
+    assert "max_rows_per_class` 2,000, a seeded random choice): 58,907." in text
+
+
 def test_data_section_without_row_limit():
     dataset = _dataset_with_rejected_file()
     dataset["dropped_classes"] = {"Okiru": {"train": 0}}

@@ -253,8 +253,23 @@ def test_report_privacy_and_data_match(quick_run):
     rows_read = {
         entry["file"]: entry["rows_read"] for entry in report["data"]["inputs"]
     }
-    assert rows_read == {Path(name).name: 2000 for name in SLICE} | {
-        "CTU-IoT-Malware-Capture-44-1.labeled.csv": 237
+    # The quick profile reads every row and keeps at most 2000 flows per class.
+    assert rows_read == {
+        "CTU-IoT-Malware-Capture-34-1.conn.log.labeled.gz": 23145,
+        "CTU-IoT-Malware-Capture-42-1.conn.log.labeled": 4426,
+        "CTU-IoT-Malware-Capture-44-1.labeled.csv": 237,
+        "S12_benign-vs-Okiru.csv.gz": 21000,
+    }
+    totals = {
+        name: sum(split["classes"][name] for split in dataset["splits"].values())
+        for name in dataset["classes"]
+    }
+    assert totals == {
+        "Benign": 2000,
+        "PartOfAHorizontalPortScan": 122,
+        "Okiru": 1000,
+        "DDoS": 2000,
+        "C&C": 2000,
     }
 
 

@@ -97,7 +97,7 @@ IOT23_SCENARIOS: tuple[str, ...] = (
 # (model sections nest one level deeper). The sample and the grid are sized
 # for a run of a few minutes on two cores (an estimate, not a measurement).
 QUICK_PROFILE: dict[str, dict[str, object]] = {
-    "prepare": {"max_rows_per_file": 2000},
+    "prepare": {"max_rows_per_class": 2000},
     "train": {
         "seeds": (0,),
         "epsilons": (None, 1.0),

@@ -193,7 +193,8 @@ class PrepareSettings:
 
     `class_mapping` contains (pattern, class) pairs in file order. A pattern is
     a detailed-label or a shell-style pattern such as `C&C-*`.
-    `max_rows_per_file` None reads every row.
+    `max_rows_per_file` None reads every row, and `max_rows_per_class`
+    None keeps every flow of each class.
     """
 
     feature_set: str = config.FEATURE_SET
@@ -202,6 +203,7 @@ class PrepareSettings:
     split: str = config.SPLIT_METHOD
     split_seed: int = config.DEFAULT_SEED
     max_rows_per_file: int | None = None
+    max_rows_per_class: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("feature_set", self.feature_set, FEATURE_SETS)
@@ -234,8 +236,9 @@ class PrepareSettings:
                 )
         _check_choice("split", self.split, SPLIT_METHODS)
         _check_whole("split_seed", self.split_seed, minimum=0, maximum=MAX_SEED)
-        if self.max_rows_per_file is not None:
-            _check_whole("max_rows_per_file", self.max_rows_per_file, minimum=1)
+        for name in ("max_rows_per_file", "max_rows_per_class"):
+            if getattr(self, name) is not None:
+                _check_whole(name, getattr(self, name), minimum=1)
 
 
 @dataclass(frozen=True)

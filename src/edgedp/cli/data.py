@@ -126,6 +126,15 @@ def prepare(
     ] = config.DEFAULT_SEED,
     columns: _Columns = None,
     max_rows: _MaxRows = None,
+    max_rows_per_class: Annotated[
+        int | None,
+        typer.Option(
+            "--max-rows-per-class",
+            min=1,
+            help="Keep at most this many flows of each class, a seeded random "
+            "choice across all files, counted after duplicates are dropped.",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -156,6 +165,7 @@ def prepare(
             seed=seed,
             overwrite=overwrite,
             max_rows_per_file=max_rows,
+            max_rows_per_class=max_rows_per_class,
             columns=_columns(columns),
         )
     except (
@@ -188,4 +198,9 @@ def prepare(
         f"duplicates dropped: {rows['duplicates_dropped']}; "
         f"excluded: {rows['excluded']} ({_counts(manifest['excluded'])}); "
         f"in dropped classes: {rows['in_dropped_classes']}"
+        + (
+            f"; over the class cap: {rows['over_class_cap']}"
+            if manifest.get("max_rows_per_class")
+            else ""
+        )
     )

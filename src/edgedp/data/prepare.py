@@ -16,10 +16,12 @@ Every flow read is counted once, by the first of these rules that applies:
 - duplicate: the same flow (`uid` and `ts`) was read before, whatever the
   label of either row;
 - excluded: its label matches no class;
+- over the class cap: its class has more flows than `max_rows_per_class`,
+  and the seeded choice of the flows to keep passed it over;
 - in a dropped class: the split leaves its class empty in some split;
 - kept: the rest, which the split files contain.
 
-`dataset.json` records the four counts in total (`rows`) and per input file,
+`dataset.json` records the five counts in total (`rows`) and per input file,
 and they add up to the rows read.
 
 Everything is written inside a temporary folder that replaces `out` only
@@ -75,6 +77,7 @@ def prepare_dataset(
     seed: int = config.DEFAULT_SEED,
     overwrite: bool = False,
     max_rows_per_file: int | None = None,
+    max_rows_per_class: int | None = None,
     columns: Sequence[str] | None = None,
     chunk_bytes: int = sources.DEFAULT_CHUNK_BYTES,
 ) -> PreparedDataset:
@@ -90,8 +93,11 @@ def prepare_dataset(
         split: `random` (stratified by class) or `capture` (whole files).
         seed: seed of the split.
         overwrite: replace an existing `out`.
-        max_rows_per_file: read at most this many flows from each file, for
-            a quick trial run.
+        max_rows_per_file: read at most this many flows from each file.
+            The first rows of a file often hold one class only.
+        max_rows_per_class: keep at most this many flows of each class, a
+            seeded random choice among all the files' flows (after dropping
+            duplicates), for a quick trial run that still has every class.
         columns: column names for CSV/TSV exports without a header row.
         chunk_bytes: block size for reading; bounds memory per block.
 
@@ -110,7 +116,9 @@ def prepare_dataset(
         FileExistsError: `out` exists and `overwrite` is not set.
         OutputError: `out` cannot be created (`edgedp.atomic.check_writable`).
     """
-    classes = _check_settings(feature_set, classes, split, seed, max_rows_per_file)
+    classes = _check_settings(
+        feature_set, classes, split, seed, max_rows_per_file, max_rows_per_class
+    )
     mapping = dict(class_mapping or {})
     out = Path(out)
     if out.exists() and not overwrite:
@@ -167,6 +175,7 @@ def prepare_dataset(
             classes=classes,
             split=split,
             seed=seed,
+            max_rows_per_class=max_rows_per_class,
         )
         manifest.update(
             {
@@ -178,6 +187,7 @@ def prepare_dataset(
                 "rejected": rejected,
                 "skipped_folders": skipped_folders,
                 "max_rows_per_file": max_rows_per_file,
+                "max_rows_per_class": max_rows_per_class,
             }
         )
         for part in part_files:
@@ -194,6 +204,7 @@ def _check_settings(
     split: str,
     seed: int,
     max_rows_per_file: int | None,
+    max_rows_per_class: int | None,
 ) -> list[str]:
     if feature_set not in features.FEATURE_SETS:
         raise PrepareError(
@@ -208,10 +219,12 @@ def _check_settings(
         raise PrepareError(
             f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}"
         )
-    if max_rows_per_file is not None and max_rows_per_file < 1:
-        raise PrepareError(
-            f"max_rows_per_file must be at least 1, got {max_rows_per_file}"
-        )
+    for name, limit in (
+        ("max_rows_per_file", max_rows_per_file),
+        ("max_rows_per_class", max_rows_per_class),
+    ):
+        if limit is not None and limit < 1:
+            raise PrepareError(f"{name} must be at least 1, got {limit}")
     names = [zeek.normalize_label(name) or "" for name in classes]
     if not names or "" in names:
         raise PrepareError(f"classes must be non-empty names, got {list(classes)}")
@@ -503,8 +516,9 @@ def _write_splits(
     classes: list[str],
     split: str,
     seed: int,
+    max_rows_per_class: int | None,
 ) -> dict[str, Any]:
-    """Drop repeated flows, assign splits and write the split files."""
+    """Drop repeated flows, cap the classes, assign splits and write the files."""
     keys = _read_keys(part_files, excluded, len(reports))
     if not keys.part_first.any():
         read = sum(report.rows_read for report in reports)
@@ -512,8 +526,15 @@ def _write_splits(
             f"no flow of the classes {', '.join(classes)} in the input "
             f"({read} flows read); check --classes and --map, or the input files"
         )
-    kept_labels = keys.part_labels[keys.part_first]
-    kept_files = keys.part_files[keys.part_first]
+    chosen = keys.part_first.copy()
+    if max_rows_per_class is not None:
+        first = np.flatnonzero(keys.part_first)
+        within_cap = splits.cap_classes(
+            keys.part_labels[first], max_rows_per_class, seed
+        )
+        chosen[first[~within_cap]] = False
+    kept_labels = keys.part_labels[chosen]
+    kept_files = keys.part_files[chosen]
     fractions = config.SPLIT_FRACTIONS
     split_of_file: dict[str, str] = {}
     if split == splits.RANDOM:
@@ -554,7 +575,7 @@ def _write_splits(
         [kept_classes.index(name) if name in kept_classes else -1 for name in classes]
     )
 
-    split_rows = _copy_rows(folder, part_files, keys.part_first, assignment, new_index)
+    split_rows = _copy_rows(folder, part_files, chosen, assignment, new_index)
     counts = {
         name: {
             "rows": int(split_rows[name].sum()),
@@ -564,7 +585,7 @@ def _write_splits(
         }
         for name in SPLITS
     }
-    inputs = _input_entries(reports, keys, new_index, split_of_file)
+    inputs = _input_entries(reports, keys, chosen, new_index, split_of_file)
     return {
         "classes": kept_classes,
         "dropped_classes": short,
@@ -581,11 +602,12 @@ def _write_splits(
 
 
 # Keys of `dataset.json["rows"]` and the per-input keys they add up. The last
-# four add up to the first.
+# five add up to the first.
 _ROW_COUNTS = {
     "read": "rows_read",
     "duplicates_dropped": "duplicates_dropped",
     "excluded": "rows_excluded",
+    "over_class_cap": "rows_over_class_cap",
     "in_dropped_classes": "rows_in_dropped_classes",
     "kept": "rows_kept",
 }
@@ -594,21 +616,28 @@ _ROW_COUNTS = {
 def _input_entries(
     reports: list[readers.FileReport],
     keys: _FlowKeys,
+    chosen: np.ndarray,
     new_index: np.ndarray,
     split_of_file: dict[str, str],
 ) -> list[dict[str, Any]]:
-    """Return the `dataset.json` entry of every input file, with its row counts."""
+    """Return the `dataset.json` entry of every input file, with its row counts.
+
+    `chosen` marks the part rows that are first occurrences within the class
+    cap.
+    """
     file_count = len(reports)
-    kept = keys.part_first & (new_index[keys.part_labels] >= 0)
+    kept = chosen & (new_index[keys.part_labels] >= 0)
     kept_by_file = np.bincount(keys.part_files[kept], minlength=file_count)
-    dropped_by_file = np.bincount(
-        keys.part_files[keys.part_first & ~kept], minlength=file_count
+    dropped_by_file = np.bincount(keys.part_files[chosen & ~kept], minlength=file_count)
+    capped_by_file = np.bincount(
+        keys.part_files[keys.part_first & ~chosen], minlength=file_count
     )
     entries = []
     for index, report in enumerate(reports):
         entry = report.to_json()
         entry["duplicates_dropped"] = int(keys.duplicates_by_file[index])
         entry["rows_excluded"] = int(keys.excluded_by_file[index])
+        entry["rows_over_class_cap"] = int(capped_by_file[index])
         entry["rows_in_dropped_classes"] = int(dropped_by_file[index])
         entry["rows_kept"] = int(kept_by_file[index])
         if split_of_file:
@@ -620,13 +649,13 @@ def _input_entries(
 def _copy_rows(
     folder: Path,
     part_files: list[Path],
-    first: np.ndarray,
+    chosen: np.ndarray,
     assignment: np.ndarray,
     new_index: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Append each part's kept rows to the split files; return class counts."""
-    split_of_row = np.full(len(first), -1, dtype=np.int8)
-    split_of_row[first] = assignment
+    """Append each part's chosen rows to the split files; return class counts."""
+    split_of_row = np.full(len(chosen), -1, dtype=np.int8)
+    split_of_row[chosen] = assignment
     writers: dict[str, pq.ParquetWriter] = {}
     counts = {
         name: np.zeros(int(new_index.max()) + 1, dtype=np.int64) for name in SPLITS

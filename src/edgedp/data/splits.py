@@ -21,6 +21,8 @@ RANDOM = "random"
 CAPTURE = "capture"
 METHODS: tuple[str, ...] = (RANDOM, CAPTURE)
 
+_CAP_STREAM = 1
+
 
 def check_fractions(fractions: Mapping[str, float]) -> np.ndarray:
     """Return the fractions in `SPLITS` order.
@@ -74,6 +76,23 @@ def random_split(
         ):
             assignment[members[start:stop]] = split
     return assignment
+
+
+def cap_classes(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """Return a mask that keeps at most `cap` flows of each class.
+
+    A class with more flows keeps a seeded random choice of `cap` of them,
+    whatever their input file or position in it. Smaller classes keep all
+    their flows. The choice draws from its own random stream, which leaves
+    the split's shuffle unchanged for a given seed.
+    """
+    rng = np.random.default_rng([seed, _CAP_STREAM])
+    keep = np.ones(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) > cap:
+            keep[rng.choice(members, len(members) - cap, replace=False)] = False
+    return keep
 
 
 def capture_split(

@@ -216,6 +216,8 @@ def collect_data(dataset: dict[str, Any]) -> dict[str, Any]:
         "classes": dataset.get("classes", []),
         "split": dataset.get("split"),
         "max_rows_per_file": dataset.get("max_rows_per_file"),
+        "max_rows_per_class": dataset.get("max_rows_per_class"),
+        "over_class_cap": (dataset.get("rows") or {}).get("over_class_cap", 0),
         "inputs": inputs,
         "rejected": [
             {"path": entry.get("path"), "reason": entry.get("reason")}

@@ -108,6 +108,11 @@ def _data_section(data: dict[str, Any]) -> list[str]:
             if data.get("max_rows_per_file")
             else ""
         )
+        + (
+            f"; at most {data['max_rows_per_class']:,} flows kept per class"
+            if data.get("max_rows_per_class")
+            else ""
+        )
         + ".",
         "",
     ]
@@ -185,6 +190,12 @@ def _data_section(data: dict[str, Any]) -> list[str]:
             + ", ".join(f"{k} {v:,}" for k, v in excluded.items())
             + "."
         )
+    if data.get("max_rows_per_class"):
+        lines.append(
+            f"Flows left out by the class cap (`[prepare] max_rows_per_class` "
+            f"{data['max_rows_per_class']:,}, a seeded random choice): "
+            f"{data['over_class_cap']:,}."
+        )
     if data["dropped_classes"]:
         lines.append(
             "Classes dropped because a split had none of their flows: "
@@ -194,9 +205,10 @@ def _data_section(data: dict[str, Any]) -> list[str]:
         if data.get("max_rows_per_file"):
             lines.append(
                 f"Only the first {data['max_rows_per_file']:,} rows of each file "
-                "were read (`[prepare] max_rows_per_file`, which `--quick` "
-                "sets), so a class whose flows come later in its files can be "
-                "missing. Run without `--quick` to read every row."
+                "were read (`[prepare] max_rows_per_file`), so a class whose "
+                "flows come later in its files can be missing. Unset it to "
+                "read every row, or use `max_rows_per_class` for a smaller "
+                "sample that keeps every class."
             )
     return [*lines, ""]
 

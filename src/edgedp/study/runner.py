@@ -403,6 +403,7 @@ class _Runner:
             split=settings.split,
             seed=settings.split_seed,
             max_rows_per_file=settings.max_rows_per_file,
+            max_rows_per_class=settings.max_rows_per_class,
             overwrite=True,
         )
         seconds = time.perf_counter() - started
