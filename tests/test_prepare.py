@@ -229,6 +229,37 @@ def test_unlabeled_log_is_error(iot23, tmp_path):
         prepare_dataset([path], tmp_path / "out")
 
 
+def _header_only_zeek(iot23, path):
+    """Write the header block of a labeled Zeek log without its data rows."""
+    source = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    lines = source.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if line.startswith("#")))
+    return path
+
+
+def test_header_only_zeek_log_in_folder(iot23, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    empty = _header_only_zeek(iot23, logs / "empty.conn.log.labeled")
+    (logs / "conn.csv").write_bytes((iot23 / CSV_20_1).read_bytes())
+
+    dataset = prepare_dataset([logs], tmp_path / "out")
+
+    inputs = {entry["path"]: entry for entry in dataset.manifest["inputs"]}
+    assert dataset.manifest["rejected"] == []
+    assert inputs[str(empty.resolve())]["rows_read"] == 0
+    assert dataset.manifest["rows"]["read"] == 3209
+
+
+def test_header_only_zeek_log_named_alone(iot23, tmp_path):
+    empty = _header_only_zeek(iot23, tmp_path / "empty.conn.log.labeled")
+
+    with pytest.raises(PrepareError, match=r"no flow of the classes .* \(0 flows"):
+        prepare_dataset([empty], tmp_path / "out")
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [empty.name]
+
+
 def test_failure_leaves_no_folder(iot23, tmp_path):
     damaged = tmp_path / "logs" / "late.conn.log"
     damaged.parent.mkdir()

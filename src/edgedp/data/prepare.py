@@ -281,7 +281,7 @@ def _encode_file(
 
     Raises:
         FlowLogError: the file is damaged, or every data line was skipped.
-        PrepareError: the file has no labels.
+        PrepareError: the file has data rows but no labels.
     """
     written: list[Path] = []
     excluded: list[pl.DataFrame] = []
@@ -327,7 +327,9 @@ def _encode_file(
             part.unlink()
         raise
 
-    if not report.has_labels:
+    # Zeek writes a header-only log for a rotation interval with no
+    # connections, so a file without data rows adds nothing and is no error.
+    if report.rows_read and not report.has_labels:
         raise PrepareError(
             f"{report.path} has no labels; prepare needs labeled flow logs "
             "(IoT-23 conn.log.labeled or exports with label and detailed-label)"
@@ -482,6 +484,18 @@ def _read_keys(
     if part_files:
         columns = ["uid", "ts", LABEL_INDEX_COLUMN, _FILE, _LINE]
         frames.append(pl.read_parquet(part_files, columns=columns))
+    if not frames:
+        # No input file had a data row.
+        frames.append(
+            pl.DataFrame(
+                schema={
+                    "uid": pl.String,
+                    "ts": pl.Float64,
+                    _FILE: pl.Int32,
+                    _LINE: pl.Int64,
+                }
+            )
+        )
     keys = pl.concat(frames, how="diagonal").sort(_FILE, _LINE)
     if LABEL_INDEX_COLUMN not in keys.columns:
         keys = keys.with_columns(pl.lit(None, pl.Int64).alias(LABEL_INDEX_COLUMN))
