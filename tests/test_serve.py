@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgedp import zeek
 from edgedp.bundle import INT8_MODEL, MANIFEST_NAME, write_manifest
 from edgedp.edge.serve import Gateway, ServeSettings
 from edgedp.edge.stats import ServeStats
@@ -160,6 +161,50 @@ def test_bad_lines_do_not_stop_serve(gateway_bundles, iot23, tmp_path):
     }
     assert totals["flows"] == 4426 - 5
     assert len(alerts) == 4426 - 5
+
+
+def _json_lines(text: bytes, timestamps: list) -> bytes:
+    """Return the first data lines of a TSV log as JSON lines with other `ts`."""
+    header, rows = _split_header(text)
+    fields = zeek.parse_header(header.decode().splitlines()).fields
+    lines = []
+    for row, ts in zip(rows, timestamps, strict=False):
+        values = zeek.split_line(
+            row.decode().rstrip("\n"), zeek.Header(label_quirk=True)
+        )
+        record = {
+            name: value
+            for name, value in zip(fields, values, strict=True)
+            if value not in ("-", "(empty)")
+        }
+        record["ts"] = ts
+        lines.append(json.dumps(record).encode() + b"\n")
+    return b"".join(lines)
+
+
+def test_json_unparsable_ts_classified(gateway_bundles, iot23, tmp_path):
+    timestamps = [
+        "yesterday",
+        "2018-13-45T99:00:00Z",
+        "NaN",
+        None,
+        "2018-12-21T14:50:16.962094Z",
+        1545403816.5,
+    ]
+    log = tmp_path / "conn.json"
+    log.write_bytes(_json_lines(_zeek_text(iot23, "5-1"), timestamps))
+
+    alerts, totals = _serve(
+        gateway_bundles["classifier"], log, tmp_path, all_flows=True
+    )
+
+    assert totals["bad_lines"] == {}
+    assert totals["flows"] == len(timestamps)
+    assert [alert["line"] for alert in alerts] == [1, 2, 3, 4, 5, 6]
+    assert [alert["ts"] for alert in alerts[:4]] == [None, None, None, None]
+    assert [alert["time"] for alert in alerts[:4]] == [None, None, None, None]
+    assert alerts[4]["ts"] == pytest.approx(1545403816.962094, abs=1e-6)
+    assert alerts[5]["time"] == "2018-12-21T14:50:16.500000Z"
 
 
 def _zeek_text(iot23: Path, name: str) -> bytes:

@@ -30,7 +30,9 @@ them into range.
 
 `ts` is not a feature, so it is kept as logged and parsed only for the
 flows an alert is written for (`flow_time`). A flow with an unparsable `ts`
-is still classified, and its alert carries `"ts": null`.
+is still classified, and its alert carries `"ts": null`. In JSON that is a
+string that is neither a decimal number nor an ISO 8601 time. A `ts` that is
+a boolean, an object or an array is a field of the wrong type (`bad_json`).
 
 This module uses only numpy, the standard library and edgedp's pure modules,
 because the gateway runtime imports it.
@@ -742,10 +744,7 @@ def _json_value(name: str, value: Any, numeric: bool) -> Any:
         raise ValueError(f"{name} is a boolean")
     if numeric:
         if name == "ts" and isinstance(value, str) and not _is_decimal(value):
-            moment = datetime.fromisoformat(value)
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            return moment.timestamp()
+            return _iso_time(value)
         if isinstance(value, (int, float, str)):
             return value
         raise ValueError(f"{name} has type {type(value).__name__}, expected a number")
@@ -754,6 +753,21 @@ def _json_value(name: str, value: Any, numeric: bool) -> Any:
     if isinstance(value, (str, int, float)):
         return str(value)
     raise ValueError(f"{name} has type {type(value).__name__}, expected a string")
+
+
+def _iso_time(value: str) -> float | None:
+    """Return an ISO 8601 `ts` as epoch seconds, or None if it is invalid.
+
+    A naive time is taken as UTC. An invalid `ts` does not skip the flow,
+    because `ts` is not a feature. Its alert gets `"ts": null`, as in TSV.
+    """
+    try:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+    except (ValueError, OverflowError):
+        return None
 
 
 def _is_decimal(value: str) -> bool:
