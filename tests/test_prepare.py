@@ -229,18 +229,24 @@ def test_unlabeled_log_is_error(iot23, tmp_path):
         prepare_dataset([path], tmp_path / "out")
 
 
-def _header_only_zeek(iot23, path):
-    """Write the header block of a labeled Zeek log without its data rows."""
-    source = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
-    lines = source.read_text().splitlines(keepends=True)
-    path.write_text("".join(line for line in lines if line.startswith("#")))
+def _write_header_only(iot23, folder, kind):
+    """Write a labeled log of `kind` (zeek or csv) that has no data rows."""
+    if kind == "zeek":
+        source = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
+        lines = source.read_text().splitlines(keepends=True)
+        path = folder / "empty.conn.log.labeled"
+        path.write_text("".join(line for line in lines if line.startswith("#")))
+        return path
+    path = folder / "empty.csv"
+    path.write_text((iot23 / CSV_20_1).read_text().splitlines()[0] + "\n")
     return path
 
 
-def test_header_only_zeek_log_in_folder(iot23, tmp_path):
+@pytest.mark.parametrize("kind", ["zeek", "csv"])
+def test_header_only_file_in_folder(iot23, tmp_path, kind):
     logs = tmp_path / "logs"
     logs.mkdir()
-    empty = _header_only_zeek(iot23, logs / "empty.conn.log.labeled")
+    empty = _write_header_only(iot23, logs, kind)
     (logs / "conn.csv").write_bytes((iot23 / CSV_20_1).read_bytes())
 
     dataset = prepare_dataset([logs], tmp_path / "out")
@@ -251,8 +257,9 @@ def test_header_only_zeek_log_in_folder(iot23, tmp_path):
     assert dataset.manifest["rows"]["read"] == 3209
 
 
-def test_header_only_zeek_log_named_alone(iot23, tmp_path):
-    empty = _header_only_zeek(iot23, tmp_path / "empty.conn.log.labeled")
+@pytest.mark.parametrize("kind", ["zeek", "csv"])
+def test_header_only_file_named_alone(iot23, tmp_path, kind):
+    empty = _write_header_only(iot23, tmp_path, kind)
 
     with pytest.raises(PrepareError, match=r"no flow of the classes .* \(0 flows"):
         prepare_dataset([empty], tmp_path / "out")

@@ -730,3 +730,26 @@ def test_every_line_skipped_warns(iot23, caplog):
     assert "'wrong field count: expected 21, found 23' (451 lines)" in message
     assert "--columns" in message
     assert message in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "ending"),
+    [
+        ("csv/CTU-IoT-Malware-Capture-44-1.labeled.csv", "\n"),
+        ("csv/CTU-IoT-Malware-Capture-44-1.labeled.csv", ""),
+        ("variants/CTU-IoT-Malware-Capture-34-1+35-1.subset-2500.tsv", "\r\n"),
+    ],
+)
+def test_header_only_export_reads_no_rows(tmp_path, iot23, name, ending):
+    header = (iot23 / name).read_text().splitlines()[0]
+    path = tmp_path / f"empty{(iot23 / name).suffix}"
+    path.write_text(header + ending, newline="")
+
+    report, frame = read(path)
+    (inspected,) = inspect_logs([path])
+
+    assert frame is None
+    assert report.rows_read == 0
+    assert report.skipped.total == 0
+    assert inspected.rows_read == 0
+    assert inspected.no_rows_message() is None

@@ -341,6 +341,10 @@ class _Scan:
 
 def _lines_frame(chunk: bytes, first_line: int) -> pl.DataFrame:
     """Return one row per line: its number and its text, CR removed."""
+    if not chunk:
+        # Polars raises NoDataError on empty input, which a header-only
+        # export leaves once its header row is cut off.
+        return pl.DataFrame(schema={records.LINE: pl.Int64, _TEXT: pl.String})
     if _LINE_SEPARATOR in chunk:
         chunk = chunk.replace(_LINE_SEPARATOR, b"\xff")
     frame = pl.read_csv(
