@@ -185,6 +185,43 @@ def test_follow_from_end_keeps_header(tmp_path):
     ]
 
 
+def test_close_reports_unfinished_line(tmp_path):
+    log = tmp_path / "conn.log"
+    log.write_bytes(b"#fields\tx\n1\n2\nhalf")
+    events: list[tuple[str, str]] = []
+    source = FileSource(
+        log,
+        follow=True,
+        poll_interval=0.005,
+        on_event=lambda kind, message: events.append((kind, message)),
+    )
+
+    lines = _drain(source, until=lambda lines: len(lines) == 3, limit=2)
+    source.close()
+
+    assert [line for *_, line in lines] == [b"#fields\tx", b"1", b"2"]
+    assert len(events) == 1
+    kind, message = events[0]
+    assert kind == "partial_dropped"
+    assert message.startswith(f"{log}:4: ")
+    assert "4 bytes" in message
+
+
+def test_close_without_partial_line_silent(tmp_path):
+    log = tmp_path / "conn.log"
+    log.write_bytes(b"1\n2\n")
+    events: list[str] = []
+    source = FileSource(
+        log, follow=True, on_event=lambda kind, message: events.append(kind)
+    )
+
+    lines = _drain(source, until=lambda lines: len(lines) == 2, limit=2)
+    source.close()
+
+    assert len(lines) == 2
+    assert events == []
+
+
 def test_folder_reads_rotated_logs_in_order(tmp_path):
     (tmp_path / "2024-01-02").mkdir()
     (tmp_path / "2024-01-01").mkdir()
@@ -233,6 +270,26 @@ def test_stream_source_reads_pipe():
     assert second is not None and second.lines == [b"two"]
     assert [line for *_, line in rest] == [b"last"]
     assert source.finished
+
+
+def test_stream_close_reports_unfinished_line():
+    read_end, write_end = os.pipe()
+    events: list[tuple[str, str]] = []
+    source = StreamSource(
+        read_end, on_event=lambda kind, message: events.append((kind, message))
+    )
+
+    os.write(write_end, b"one\ntw")
+    first = source.read(1.0)
+    source.close()
+    os.close(write_end)
+    os.close(read_end)
+
+    assert first is not None and first.lines == [b"one"]
+    assert len(events) == 1
+    kind, message = events[0]
+    assert kind == "partial_dropped"
+    assert message.startswith("<stdin>:2: ")
 
 
 def _truncated_gzip(iot23, path: Path) -> bytes:

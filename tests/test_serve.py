@@ -418,6 +418,35 @@ def test_sigterm_classifies_pending_flows(gateway_bundles, iot23, tmp_path):
     assert len(_read_alerts(alerts)) == 4426
 
 
+def test_sigterm_counts_unfinished_line(gateway_bundles, iot23, tmp_path):
+    header, rows = _split_header(_zeek_text(iot23, "42-1"))
+    log = tmp_path / "conn.log"
+    # The unfinished line is in the file before serve starts, so the read
+    # that yields the ten flows also leaves it pending in the line splitter.
+    log.write_bytes(header + b"".join(rows[:10]) + rows[10][:60])
+    alerts = tmp_path / "alerts.jsonl"
+    process, stderr = _start_serve(
+        [str(gateway_bundles["classifier"]), "--input", str(log)]
+        + ["--follow", "--all", "--alerts", str(alerts)],
+        tmp_path,
+    )
+    try:
+        _wait_for(lambda: _line_count(alerts) >= 10, 60, "ten verdicts")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    log_text = stderr.read_text()
+
+    assert code == 0, log_text
+    assert _line_count(alerts) == 10
+    (last,) = [line for line in log_text.splitlines() if "stopped after" in line]
+    assert "stopped after 10 flows" in last
+    assert "1 bad lines" in last
+    assert "events: partial_dropped 1" in last
+    number = header.count(b"\n") + 11
+    assert f"{log}:{number}: dropped an unfinished line of 60 bytes" in log_text
+
+
 def test_stdin_input(gateway_bundles, iot23, tmp_path):
     text = _zeek_text(iot23, "5-1")
 

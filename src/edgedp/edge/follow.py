@@ -5,7 +5,8 @@ Every source returns `Chunk`s: the complete lines that one read produced, the
 file they came from and the line number of the first one. A line is complete
 when its newline has been read. The unterminated tail of a file is a line only
 once the file is known to be finished: at the end of a file that is not
-followed, or when a followed file has been rotated away.
+followed, or when a followed file has been rotated away. `close` drops an
+unterminated tail still held back and reports it as `partial_dropped`.
 
 Follow mode polls, because the standard library has no portable file change
 notification. At the end of the data the source sleeps `poll_interval`
@@ -149,10 +150,13 @@ class LineSplitter:
 class _SplitterSource:
     """Shared chunk bookkeeping for the concrete sources."""
 
-    def __init__(self, max_line_bytes: int) -> None:
+    def __init__(
+        self, max_line_bytes: int, on_event: Callable[[str, str], None] | None
+    ) -> None:
         self._splitter = LineSplitter(max_line_bytes)
         self._source = ""
         self._generation = 0
+        self._on_event = on_event or (lambda kind, message: None)
         self.finished = False
 
     def _start_file(self, name: str) -> None:
@@ -165,6 +169,21 @@ class _SplitterSource:
             return None
         first = self._splitter.lines_seen - len(lines) + 1
         return Chunk(lines, self._source, first, self._generation)
+
+    def _drop_unfinished_line(self, name: str | Path) -> None:
+        """Report the partial line held back when reading stops.
+
+        No more of the line will be read, so it is dropped and reported as
+        `partial_dropped`, as a line that a truncation cuts off is.
+        """
+        number = self._splitter.lines_seen + 1
+        dropped = self._splitter.reset()
+        if dropped:
+            self._on_event(
+                "partial_dropped",
+                f"{name}:{number}: dropped an unfinished line of {dropped} bytes "
+                "when reading stopped",
+            )
 
 
 DECOMPRESSION_ERRORS: tuple[type[Exception], ...] = (EOFError, zlib.error, OSError)
@@ -211,8 +230,9 @@ class FileSource(_SplitterSource):
         from_end: start at the end of the existing data, after reading the
             leading header lines (`#...`) so that the field layout is known.
         on_event: called with `(kind, message)` for `rotated`, `truncated`,
-            `partial_dropped`, `waiting` and `corrupt_file` events; the
-            caller counts and logs them.
+            `partial_dropped`, `waiting` and `corrupt_file` events. The
+            caller counts and logs them. `close` reports a partial line
+            still held back as `partial_dropped`.
 
     A `.gz` file whose data is truncated or corrupt ends at the last line
     that decompressed completely. The source reports `corrupt_file` (and
@@ -230,12 +250,11 @@ class FileSource(_SplitterSource):
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         on_event: Callable[[str, str], None] | None = None,
     ) -> None:
-        super().__init__(max_line_bytes)
+        super().__init__(max_line_bytes, on_event)
         self.path = Path(path)
         self.compressed = self.path.suffix == ".gz"
         self.follow = follow and not self.compressed
         self.poll_interval = poll_interval
-        self._on_event = on_event or (lambda kind, message: None)
         self._handle: BinaryIO | None = None
         self._position = 0
         self._pending: Chunk | None = None
@@ -394,6 +413,7 @@ class FileSource(_SplitterSource):
         return self._chunk(self._splitter.finish())
 
     def close(self) -> None:
+        self._drop_unfinished_line(self.path)
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -493,7 +513,8 @@ class StreamSource(_SplitterSource):
     """A pipe or terminal such as stdin, read until end of file.
 
     `select` waits for data, so a quiet pipe costs no CPU, and a signal
-    handler that sets a flag is noticed within `timeout`.
+    handler that sets a flag is noticed within `timeout`. `on_event`
+    receives a `partial_dropped` event when `close` drops a partial line.
     """
 
     def __init__(
@@ -502,8 +523,9 @@ class StreamSource(_SplitterSource):
         *,
         name: str = "<stdin>",
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        on_event: Callable[[str, str], None] | None = None,
     ) -> None:
-        super().__init__(max_line_bytes)
+        super().__init__(max_line_bytes, on_event)
         self._fileno = fileno
         self._start_file(name)
 
@@ -520,4 +542,5 @@ class StreamSource(_SplitterSource):
         return self._chunk(self._splitter.feed(data))
 
     def close(self) -> None:
+        self._drop_unfinished_line(self._source)
         self.finished = True

@@ -8,7 +8,9 @@ one JSON line per flagged flow (or per flow with `all_flows`).
 A batch is classified as soon as it has `batch` flows, when its oldest flow
 has waited `max_delay` seconds since it was read, or when the input ends.
 SIGTERM and SIGINT stop reading, classify the pending flows and return, so
-no flow already read is lost. SIGHUP reopens the alert file.
+no flow already read is lost. An unfinished last line is dropped and counted
+as a `truncated` bad line and a `partial_dropped` event. SIGHUP reopens the
+alert file.
 
 The verdicts are those of `edgedp evaluate` on the same flows: the same
 encoder (`edgedp.features.encode`), the same runner
@@ -188,7 +190,11 @@ def open_source(settings: ServeSettings, on_event: Any) -> LineSource:
         ValueError: `follow` with a folder.
     """
     if settings.input == STDIN:
-        return StreamSource(sys.stdin.fileno(), max_line_bytes=settings.max_line_bytes)
+        return StreamSource(
+            sys.stdin.fileno(),
+            max_line_bytes=settings.max_line_bytes,
+            on_event=on_event,
+        )
     path = Path(settings.input)
     if path.is_dir():
         if settings.follow:
