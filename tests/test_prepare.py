@@ -267,6 +267,24 @@ def test_header_only_file_named_alone(iot23, tmp_path, kind):
     assert sorted(p.name for p in tmp_path.iterdir()) == [empty.name]
 
 
+def test_reordered_header_row_set_aside(iot23, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    header, *rows = (iot23 / CSV_20_1).read_text().splitlines()
+    names = header.split(",")
+    names[2], names[3] = names[3], names[2]
+    joined = logs / "joined.csv"
+    joined.write_text("\n".join([header, *rows[:10], ",".join(names)]) + "\n")
+    (logs / "conn.csv").write_bytes((iot23 / CSV_20_1).read_bytes())
+
+    dataset = prepare_dataset([logs], tmp_path / "out")
+
+    (rejected,) = dataset.manifest["rejected"]
+    assert rejected["path"] == str(joined.resolve())
+    assert f"{joined.resolve()}:12" in rejected["reason"]
+    assert dataset.manifest["rows"]["read"] == 3209
+
+
 def test_failure_leaves_no_folder(iot23, tmp_path):
     damaged = tmp_path / "logs" / "late.conn.log"
     damaged.parent.mkdir()

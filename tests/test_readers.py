@@ -753,3 +753,57 @@ def test_header_only_export_reads_no_rows(tmp_path, iot23, name, ending):
     assert report.skipped.total == 0
     assert inspected.rows_read == 0
     assert inspected.no_rows_message() is None
+
+
+def _concatenated_export(source, path, *, reorder=False, quote=False):
+    """Write `source` (a CSV export) as two exports joined after row 100.
+
+    With `reorder`, the second part swaps the origin and responder port
+    columns in its header row and its rows. With `quote`, the second
+    header row quotes its names. Returns the second header row's line.
+    """
+    header, *rows = source.read_text().splitlines()
+    names = header.split(",")
+    second = [row.split(",") for row in rows[100:]]
+    if reorder:
+        origin, responder = names.index("id.orig_p"), names.index("id.resp_p")
+        for fields in [names, *second]:
+            fields[origin], fields[responder] = fields[responder], fields[origin]
+    if quote:
+        names = [f'"{name}"' for name in names]
+    lines = [header, *rows[:100], ",".join(names), *map(",".join, second)]
+    path.write_text("\n".join(lines) + "\n")
+    return 102
+
+
+@pytest.mark.parametrize("quote", [False, True])
+def test_repeated_header_row_skipped(tmp_path, iot23, quote):
+    source = iot23 / "csv" / "CTU-IoT-Malware-Capture-44-1.labeled.csv"
+    path = tmp_path / "joined.csv"
+    line = _concatenated_export(source, path, quote=quote)
+
+    report, frame = read(path)
+    _, original = read(source)
+
+    assert report.rows_read == 237
+    assert dict(report.skipped.counts) == {"repeated header row": 1}
+    assert report.skipped.examples == [f"joined.csv:{line}: repeated header row"]
+    assert frame.drop(LINE).equals(original.drop(LINE))
+
+
+@pytest.mark.parametrize("quote", [False, True])
+def test_reordered_header_row_rejected(tmp_path, iot23, quote):
+    source = iot23 / "csv" / "CTU-IoT-Malware-Capture-44-1.labeled.csv"
+    path = tmp_path / "joined.csv"
+    line = _concatenated_export(source, path, reorder=True, quote=quote)
+
+    with pytest.raises(FlowLogError) as caught:
+        read(path)
+    (inspected,) = inspect_logs([tmp_path])
+
+    message = str(caught.value)
+    assert f"{path}:{line}" in message
+    assert "id.resp_p" in message
+    assert "split the file" in message
+    assert inspected.path == path.resolve()
+    assert inspected.reason == message

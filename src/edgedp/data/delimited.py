@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from edgedp import zeek
-from edgedp.data import records
+from edgedp.data import records, sources
 from edgedp.data.skips import SkipLog
 from edgedp.data.sources import (
     ZEEK_TSV,
@@ -63,10 +63,9 @@ def read_delimited(
                 cut = chunk.find(b"\n") + 1
                 chunk, first_line = chunk[cut or len(chunk) :], 2
                 newlines -= cut > 0
-            if layout.separator != "\t" and b'"' in chunk:
-                yield _quoted_csv(_lines_frame(chunk, first_line), header, skips)
-            else:
-                yield _parse_block(chunk, first_line, newlines, header, skips, fields)
+            yield _parse_block(
+                path, chunk, first_line, newlines, header, skips, fields, export=True
+            )
             continue
 
         for line, data, count, is_directive in _zeek_segments(
@@ -74,7 +73,9 @@ def read_delimited(
         ):
             if not is_directive:
                 _check_zeek_header(path, line, header)
-                yield _parse_block(data, line, count, header, skips, fields)
+                yield _parse_block(
+                    path, data, line, count, header, skips, fields, export=False
+                )
                 continue
             text = data.decode("utf-8", errors="replace")
             try:
@@ -137,22 +138,81 @@ def _check_zeek_header(path: Path, line: int, header: zeek.Header) -> None:
 
 
 def _parse_block(
+    path: Path,
     data: bytes,
     first_line: int,
     newlines: int,
     header: zeek.Header,
     skips: SkipLog,
     fields: Sequence[str] | None,
+    *,
+    export: bool,
 ) -> pl.DataFrame:
-    """Parse data lines, by the fast path when the whole block is clean."""
-    parsed = _parse_clean(data, first_line, newlines, header, fields)
-    if parsed is not None:
-        return parsed
-    scan = _Scan(
-        non_ascii=not data.isascii(),
-        three_spaces=zeek.IOT23_LABEL_SEPARATOR.encode() in data,
+    """Parse data lines, by the fast path when the whole block is clean.
+
+    A CSV block that contains double quotes goes to `_quoted_csv`. In an
+    export (`export` True), repeated header rows are skipped. A block with
+    a header row never passes the fast path, because the row's `ts` name
+    does not parse as a number, so header rows are looked for only in
+    blocks that are parsed line by line.
+
+    Raises:
+        FlowLogError: a header row of an export names other columns, or the
+            same columns in another order, than the file's first header row.
+    """
+    quoted = export and header.separator != "\t" and b'"' in data
+    if not quoted:
+        parsed = _parse_clean(data, first_line, newlines, header, fields)
+        if parsed is not None:
+            return parsed
+
+    lines = _lines_frame(data, first_line)
+    if export:
+        lines = _drop_header_rows(path, lines, header, skips)
+    if quoted:
+        return _quoted_csv(lines, header, skips)
+    return _split_lines(lines, header, skips, _Scan.of(data))
+
+
+def _drop_header_rows(
+    path: Path, lines: pl.DataFrame, header: zeek.Header, skips: SkipLog
+) -> pl.DataFrame:
+    """Remove the header rows that joined exports repeat, counting each.
+
+    A line is a header row when its fields name both `ts` and `uid`, as
+    `sources.detect_layout` decides for the first line. Only lines that
+    contain `uid` are split in Python, which few data lines do.
+    """
+    candidates = lines.filter(pl.col(_TEXT).str.contains("uid", literal=True))
+    repeated = []
+    for line, text in candidates.iter_rows():
+        names = sources.split_header_row(text, header.separator)
+        if "ts" not in names or "uid" not in names:
+            continue
+        if names != list(header.fields):
+            raise FlowLogError(_changed_header_message(path, line, names, header))
+        skips.add(line, "repeated header row")
+        repeated.append(line)
+    if not repeated:
+        return lines
+    return lines.filter(~pl.col(records.LINE).is_in(repeated))
+
+
+def _changed_header_message(
+    path: Path, line: int, names: list[str], header: zeek.Header
+) -> str:
+    expected = list(header.fields)
+    position = 0
+    while names[position : position + 1] == expected[position : position + 1]:
+        position += 1
+    found = names[position] if position < len(names) else "none"
+    first = expected[position] if position < len(expected) else "none"
+    return (
+        f"{path}:{line} is a header row whose columns differ from the first "
+        f"header row's (column {position + 1} is {found} instead of {first}), "
+        "as when two exports are joined into one file. edgedp reads one column "
+        f"order per file, so split the file before line {line} and pass both parts"
     )
-    return _split_lines(_lines_frame(data, first_line), header, skips, scan)
 
 
 def _parse_clean(
@@ -337,6 +397,13 @@ def _split_tail(
 class _Scan:
     non_ascii: bool
     three_spaces: bool
+
+    @classmethod
+    def of(cls, data: bytes) -> _Scan:
+        return cls(
+            non_ascii=not data.isascii(),
+            three_spaces=zeek.IOT23_LABEL_SEPARATOR.encode() in data,
+        )
 
 
 def _lines_frame(chunk: bytes, first_line: int) -> pl.DataFrame:

@@ -404,7 +404,7 @@ def detect_layout(path: Path, columns: Sequence[str] | None = None) -> Layout:
     # On a tie the earlier separator of EXPORT_SEPARATORS wins.
     separator = max(EXPORT_SEPARATORS, key=first.count)
     fmt = TSV if separator == "\t" else CSV
-    names = _split_names(first, separator)
+    names = split_header_row(first, separator)
     if "ts" in names and "uid" in names:
         _check_required(path, names)
         return Layout(format=fmt, separator=separator, names=tuple(names))
@@ -497,8 +497,9 @@ def _keys(value: dict[str, object], prefix: str = "") -> Iterator[str]:
             yield f"{prefix}{key}"
 
 
-def _split_names(line: str, separator: str) -> list[str]:
-    line = line.replace(zeek.IOT23_LABEL_SEPARATOR, separator)
+def split_header_row(line: str, separator: str) -> list[str]:
+    """Split a CSV/TSV header row into canonical field names."""
+    line = line.removeprefix("\ufeff").replace(zeek.IOT23_LABEL_SEPARATOR, separator)
     return [zeek.canonical_field(name) for name in line.split(separator)]
 
 
