@@ -163,6 +163,56 @@ def test_too_small_class_dropped(iot23, tmp_path, caplog):
     assert "dropping class PartOfAHorizontalPortScan" in caplog.text
 
 
+def _write_zeek_subset(source, path, keep, count):
+    """Write the header of a Zeek log and its first `count` rows that `keep` takes."""
+    opener = gzip.open if source.suffix == ".gz" else open
+    with opener(source, "rt") as handle:
+        lines = handle.read().splitlines()
+    header = [line for line in lines[:8] if line.startswith("#")]
+    rows = [line for line in lines if not line.startswith("#") and keep(line)]
+    path.write_text("\n".join(header + rows[:count]) + "\n")
+    return path
+
+
+def test_all_classes_too_small_random(iot23, tmp_path):
+    honeypot = iot23 / "zeek" / "CTU-Honeypot-Capture-5-1.conn.log.labeled"
+    two = _write_zeek_subset(honeypot, tmp_path / "two.conn.log", bool, 2)
+
+    with pytest.raises(PrepareError) as caught:
+        prepare_dataset([two], tmp_path / "out")
+
+    message = str(caught.value)
+    assert "too small for the random split" in message
+    assert "Benign 2 flows (train 1, validation 0, test 1)" in message
+    assert "no flows of PartOfAHorizontalPortScan, Okiru" in message
+    assert "add flows of these classes" in message
+    assert "--split random" not in message
+    assert "{" not in message
+
+
+def test_all_classes_too_small_capture(iot23, tmp_path):
+    capture = iot23 / "zeek" / "CTU-IoT-Malware-Capture-34-1.conn.log.labeled.gz"
+    honeypot = iot23 / "zeek" / "CTU-Honeypot-Capture-5-1.conn.log.labeled"
+    inputs = [
+        _write_zeek_subset(
+            capture, tmp_path / "ddos.conn.log", lambda line: "DDoS" in line, 30
+        ),
+        _write_zeek_subset(
+            capture, tmp_path / "cc.conn.log", lambda line: "C&C" in line, 20
+        ),
+        _write_zeek_subset(honeypot, tmp_path / "benign.conn.log", bool, 10),
+    ]
+
+    with pytest.raises(PrepareError) as caught:
+        prepare_dataset(inputs, tmp_path / "out", split="capture")
+
+    message = str(caught.value)
+    assert "too small for the capture split" in message
+    assert "DDoS 30 flows (train 30, validation 0, test 0)" in message
+    assert "add input files with these classes or use --split random" in message
+    assert "{" not in message
+
+
 def test_max_rows_per_file(iot23, tmp_path):
     dataset = prepare_dataset(
         [iot23 / "zeek" / "CTU-Honeypot-Capture-5-1.conn.log.labeled"],

@@ -581,9 +581,17 @@ def _write_splits(
             kept_classes[0],
         )
     if not kept_classes:
+        if split == splits.RANDOM:
+            fix = (
+                "add flows of these classes, or merge them into fewer classes "
+                "with --classes and --map"
+            )
+        else:
+            fix = "add input files with these classes or use --split random"
         raise PrepareError(
-            f"every class is too small for the {split} split: {short}; "
-            "add input files or use --split random"
+            f"every class is too small for the {split} split, which needs "
+            f"flows of each class in train, validation and test: "
+            f"{splits.describe_classes(short)}. To fix this, {fix}"
         )
     new_index = np.array(
         [kept_classes.index(name) if name in kept_classes else -1 for name in classes]

@@ -157,3 +157,23 @@ def empty_classes(
                 split: int(n) for split, n in zip(SPLITS, counts, strict=True)
             }
     return short
+
+
+def describe_classes(short: Mapping[str, Mapping[str, int]]) -> str:
+    """Format the per-split flow counts of `empty_classes` as one phrase.
+
+    For example `Benign 2 flows (train 1, validation 0, test 1); no flows
+    of Okiru, DDoS`.
+    """
+    parts = []
+    absent = []
+    for name, counts in short.items():
+        total = sum(counts.values())
+        if not total:
+            absent.append(name)
+            continue
+        splits = ", ".join(f"{split} {number}" for split, number in counts.items())
+        parts.append(f"{name} {total} flows ({splits})")
+    if absent:
+        parts.append(f"no flows of {', '.join(absent)}")
+    return "; ".join(parts)
