@@ -428,6 +428,30 @@ def test_field_count_counted_like_inspect(iot23, tmp_path):
     assert report.skipped.examples == [f"conn.log:{first_data + 1}: {details[0]}"]
 
 
+def test_field_count_with_field_after_labels(iot23, tmp_path):
+    """The message splits a three-space label group that more fields follow."""
+    name = "zeek/CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    lines = (iot23 / name).read_bytes().split(b"\n")
+    fields = next(i for i, line in enumerate(lines) if line.startswith(b"#fields"))
+    lines[fields] += b"\textra"
+    first_data = next(i for i, line in enumerate(lines) if line[:1] not in (b"#", b""))
+    path = tmp_path / "conn.log"
+    # Three rows without `extra`, then one row with it.
+    rows = lines[: first_data + 3] + [lines[first_data + 3] + b"\tX"]
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    details: list[str] = []
+    parser = LineParser(
+        FIELDS, on_bad_line=lambda reason, source, line, detail: details.append(detail)
+    )
+
+    flows = _parse_file(parser, path)
+
+    assert list(flows.lines) == [first_data + 4]
+    # The header names 21 conn fields, `label`, `detailed-label` and `extra`,
+    # and the first three rows contain all but `extra`.
+    assert details == ["wrong field count: expected 24, found 23"] * 3
+
+
 @pytest.mark.parametrize(
     ("lines", "expected"),
     [

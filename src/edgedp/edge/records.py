@@ -683,16 +683,20 @@ class _Layout:
 
 
 def _field_count_message(line: str, header: zeek.Header) -> str:
-    """Describe a wrong field count as `edgedp inspect` does.
+    """Describe a wrong field count, counting fields as the header names them.
 
-    Both count the fields of `#fields` and split IoT-23's label columns,
-    which are joined by three spaces in place of the separator, into
-    separate fields. So a labeled line is expected to have 23 fields.
+    IoT-23 joins its label columns with three spaces in place of the
+    separator. Such a group counts as separate fields, both in `#fields` and
+    in the line, so a labeled line is expected to have 23 fields.
+    `edgedp.zeek` splits the group only when it is the last `#fields` entry,
+    so a group followed by more fields is split here.
     """
-    if header.label_quirk:
-        line = line.replace(zeek.IOT23_LABEL_SEPARATOR, header.separator)
+    group = zeek.IOT23_LABEL_SEPARATOR
+    expected = sum(len(name.split(group)) for name in header.fields)
+    if header.label_quirk or expected > len(header.fields):
+        line = line.replace(group, header.separator)
     found = line.count(header.separator) + 1
-    return f"wrong field count: expected {len(header.fields)}, found {found}"
+    return f"wrong field count: expected {expected}, found {found}"
 
 
 def _split_columns(
