@@ -807,3 +807,23 @@ def test_reordered_header_row_rejected(tmp_path, iot23, quote):
     assert "split the file" in message
     assert inspected.path == path.resolve()
     assert inspected.reason == message
+
+
+def test_non_finite_numbers_named(tmp_path, honeypot_lines):
+    header, data = honeypot_lines[:8], honeypot_lines[8:16]
+    values = [b"nan", b"inf", b"-inf", b"1e400", b"NaN", b"1.5x"]
+    damaged = list(data)
+    for row, value in enumerate(values):
+        fields = data[row].split(b"\t")
+        fields[8] = value
+        damaged[row] = b"\t".join(fields)
+    path = tmp_path / "numbers.conn.log"
+    path.write_bytes(b"\n".join(header + damaged) + b"\n")
+
+    report, _ = read(path)
+
+    assert report.rows_read == 2
+    assert report.skipped.counts == {
+        "not a finite number in duration": 5,
+        "unparsable number in duration": 1,
+    }
