@@ -423,6 +423,20 @@ def test_cli_prepare_and_inspect(iot23, tmp_path):
     assert "rows read" in inspected.stderr
 
 
+def test_cli_inspect_folder_total(iot23):
+    plain = _edgedp("inspect", str(iot23 / "variants"))
+    columns = _edgedp("inspect", str(iot23 / "variants"), "--columns", "conn-labeled")
+
+    assert plain.returncode == 1
+    assert "total: 3 files, 1 rejected; rows read: 5709; lines skipped: 0" in (
+        " ".join(plain.stderr.split())
+    )
+    assert columns.returncode == 0
+    assert "total: 3 files; rows read: 6160; lines skipped: 1" in (
+        " ".join(columns.stderr.split())
+    )
+
+
 def test_cli_rejects_bad_mapping(tmp_path):
     result = _edgedp(
         "prepare", str(tmp_path), "--out", str(tmp_path / "o"), "--map", "C&C"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -11,6 +12,10 @@ from rich.table import Table
 from edgedp import config
 from edgedp.cli import app, console, reports_interrupt
 from edgedp.experiment import MAX_SEED
+
+if TYPE_CHECKING:
+    from edgedp.data.inspect import RejectedFile
+    from edgedp.data.readers import FileReport
 
 _COLUMNS_HELP = (
     "Column names for CSV/TSV exports without a header row: `conn-labeled` "
@@ -87,8 +92,24 @@ def inspect(
         )
         console.print(table)
         failed += result.no_rows_message() is not None
+    if len(results) > 1:
+        console.print(_inspect_total(results), soft_wrap=True)
     if failed:
         raise typer.Exit(1)
+
+
+def _inspect_total(results: Sequence[FileReport | RejectedFile]) -> str:
+    """Sum the rows read and lines skipped of `inspect_logs` results."""
+    from edgedp.data.readers import FileReport
+
+    reports = [result for result in results if isinstance(result, FileReport)]
+    rejected = len(results) - len(reports)
+    return (
+        f"total: {len(results)} files"
+        + (f", {rejected} rejected" if rejected else "")
+        + f"; rows read: {sum(report.rows_read for report in reports)}"
+        + f"; lines skipped: {sum(report.skipped.total for report in reports)}"
+    )
 
 
 @app.command()
