@@ -369,6 +369,10 @@ def test_follow_survives_rotation_and_truncation(gateway_bundles, iot23, tmp_pat
     assert code == 0, log_text
     followed = _read_alerts(alerts)
     assert Counter(a["uid"] for a in followed) == Counter(uids_written)
+    # Every file instance is logged as conn.log and numbered from line 1, so
+    # only uid distinguishes their flows.
+    assert {a["log"] for a in followed} == {"conn.log"}
+    assert len({a["line"] for a in followed}) < len(followed)
     assert "was rotated" in log_text
     assert "was truncated" in log_text
     assert "libtorch" not in maps

@@ -190,6 +190,27 @@ def test_bad_lines_counted_and_skipped():
     ]
 
 
+def test_bad_number_names_its_fields():
+    lines = HEADER + [
+        _variant(b"Cone", duration=b"1e400"),
+        _variant(b"Ctwo", orig_bytes=b"12x", resp_pkts=b"nan"),
+        GOOD,
+    ]
+    details: list[tuple[int, str]] = []
+    parser = LineParser(
+        FIELDS,
+        on_bad_line=lambda reason, source, line, detail: details.append((line, detail)),
+    )
+
+    flows = parser.parse(_chunk(lines))
+
+    assert list(flows.lines) == [6]
+    assert details == [
+        (4, "not a finite number in duration='1e400'"),
+        (5, "not a finite number in orig_bytes='12x', resp_pkts='nan'"),
+    ]
+
+
 def test_absurd_values_kept_and_reported():
     lines = HEADER + [
         _variant(b"Cneg", duration=b"-4.5", id__resp_p=b"70000"),

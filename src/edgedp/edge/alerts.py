@@ -11,7 +11,9 @@ Each line describes one flow:
   probability);
 - autoencoder: `score` (reconstruction error) and `threshold`;
 - `bundle_id` and `model_format`, which identify the model;
-- `log` and `line`: the file and line number the flow was read from.
+- `log` and `line`: the file and line number the flow was read from. A
+  followed file keeps its name after a rotation or truncation, and its line
+  numbers restart at 1, so `uid` distinguishes such flows.
 
 Lines are written with one `write` call per batch on a file opened in append
 mode, so readers never see half a batch interleaved with other writers'

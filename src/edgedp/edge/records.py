@@ -595,14 +595,16 @@ class LineParser:
     ) -> FlowColumns | None:
         """Convert numeric fields to float; drop rows with bad numbers."""
         parsed: dict[str, Any] = {}
-        bad: set[int] = set()
+        bad: dict[int, list[str]] = {}
         for name in self.numeric_fields:
-            parsed[name] = _to_float(raw[name], missing, bad)
+            rows: set[int] = set()
+            parsed[name] = _to_float(raw[name], missing, rows)
+            for index in rows:
+                bad.setdefault(index, []).append(name)
 
         if bad:
-            numeric = self.numeric_fields
             for index in sorted(bad):
-                values = [f"{name}={raw[name][index]!r}" for name in numeric]
+                values = [f"{name}={raw[name][index]!r}" for name in bad[index]]
                 self._on_bad_line(
                     "bad_number",
                     chunk.source,
