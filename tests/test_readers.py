@@ -827,3 +827,23 @@ def test_non_finite_numbers_named(tmp_path, honeypot_lines):
         "not a finite number in duration": 5,
         "unparsable number in duration": 1,
     }
+
+
+@pytest.mark.parametrize("rows_have_extra", [False, True])
+def test_field_after_label_group(tmp_path, honeypot_lines, iot23, rows_have_extra):
+    header, data = honeypot_lines[:8], honeypot_lines[8:58]
+    header[6] += b"\textra"
+    if rows_have_extra:
+        data = [line + b"\tX" for line in data]
+    path = tmp_path / "extra.conn.log"
+    path.write_bytes(b"\n".join(header + data) + b"\n")
+
+    report, frame = read(path)
+    _, original = read(iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled")
+
+    if rows_have_extra:
+        assert report.skipped.total == 0
+        assert frame.equals(original.head(50))
+    else:
+        assert report.rows_read == 0
+        assert report.skipped.counts == {"wrong field count: expected 24, found 23": 50}

@@ -242,6 +242,10 @@ def _parse_clean(
     names = list(header.fields)
     if not data or len(set(names)) != len(names) or len(header.separator) != 1:
         return None
+    if any(zeek.IOT23_LABEL_SEPARATOR in name for name in names):
+        # #fields has a three-space group before its last field, which only
+        # the line-by-line path splits (see `_field_names`).
+        return None
     lines = newlines + (not data.endswith(b"\n"))
     octets = np.frombuffer(data, dtype=np.uint8)
     separators = int(np.count_nonzero(octets == ord(header.separator)))
@@ -430,11 +434,29 @@ def _lines_frame(chunk: bytes, first_line: int) -> pl.DataFrame:
     )
 
 
+def _field_names(header: zeek.Header) -> tuple[str, ...]:
+    """Return the header's field names with every three-space group split.
+
+    `zeek.apply_directive` splits such a group only at the end of
+    `#fields`. Data lines have every group split, so the field count of a
+    line is compared with these names.
+    """
+    separator = zeek.IOT23_LABEL_SEPARATOR
+    if not any(separator in name for name in header.fields):
+        return header.fields
+    return tuple(
+        zeek.canonical_field(part)
+        for name in header.fields
+        for part in name.split(separator)
+        if part.strip()
+    )
+
+
 def _split_lines(
     lines: pl.DataFrame, header: zeek.Header, skips: SkipLog, scan: _Scan
 ) -> pl.DataFrame:
     """Split lines on the separator in Polars and check the field count."""
-    names = header.fields
+    names = _field_names(header)
     separator = header.separator
     text = pl.col(_TEXT)
     if scan.three_spaces:
@@ -477,7 +499,7 @@ def _quoted_csv(
     lines: pl.DataFrame, header: zeek.Header, skips: SkipLog
 ) -> pl.DataFrame:
     """Parse CSV lines that may quote fields, with Python's csv module."""
-    names = header.fields
+    names = _field_names(header)
     numbers: list[int] = []
     rows: list[list[str]] = []
     for line, text in lines.iter_rows():
