@@ -4,6 +4,7 @@ import gzip
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -435,6 +436,18 @@ def test_cli_inspect_folder_total(iot23):
     assert "total: 3 files; rows read: 6160; lines skipped: 1" in (
         " ".join(columns.stderr.split())
     )
+
+
+def test_default_feature_set_documented(iot23, tmp_path):
+    honeypot = iot23 / "zeek" / "CTU-Honeypot-Capture-5-1.conn.log.labeled"
+    docs = Path(__file__).resolve().parent.parent / "docs" / "data.md"
+
+    result = _edgedp("prepare", str(honeypot), "--out", str(tmp_path / "out"))
+
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert manifest["feature_set"] == features.EXTENDED
+    assert f"The default is `{features.EXTENDED}`." in docs.read_text()
 
 
 def test_cli_rejects_bad_mapping(tmp_path):
