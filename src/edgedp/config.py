@@ -33,6 +33,12 @@ DEFAULT_MAX_GRAD_NORM = 1.0
 # measurements and the command).
 MAX_EPSILON = 20.0
 
+# Smallest delta that training and the experiment file accept. Below about
+# 1e-13 Opacus's PRV accountant stops with "Floating point errors will
+# dominate", because its domain times the float precision exceeds delta. A
+# delta this small only matters for about 10^11 training rows.
+MIN_DELTA = 1e-12
+
 CLASSIFIER_EPOCHS = 15
 AUTOENCODER_EPOCHS = 25
 

@@ -297,10 +297,11 @@ class TrainSettings:
         )
         _set(self, "epsilons", tuple(_as_float(e) for e in self.epsilons))
 
-        if not (_is_finite_number(self.delta) and 0 < self.delta < 1):
+        if not (_is_finite_number(self.delta) and config.MIN_DELTA <= self.delta < 1):
             raise ExperimentError(
-                f"delta must be between 0 and 1 (typically below 1 / training "
-                f"rows, such as 1e-5), got {_show(self.delta)}"
+                f"delta must be at least {config.MIN_DELTA:g} and below 1 "
+                f"(typically below 1 / training rows, such as 1e-5), "
+                f"got {_show(self.delta)}"
             )
         _set(self, "delta", float(self.delta))
         _check_positive("max_grad_norm", self.max_grad_norm)

@@ -16,12 +16,13 @@ really took, and that value goes into the ledger.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import secrets
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ PER_SAMPLE_CLIPPING = "per_sample"
 CLIPPING_MODES: tuple[str, ...] = (GHOST_CLIPPING, PER_SAMPLE_CLIPPING)
 
 MAX_EPSILON = config.MAX_EPSILON
+MIN_DELTA = config.MIN_DELTA
 
 # Largest noise multiplier that calibration considers. Past it the noise
 # standard deviation is 200 clipping norms per step, which leaves no usable
@@ -142,6 +144,12 @@ class DPSettings:
             )
         if not 0 < self.target_delta < 1 / self.rows:
             raise DeltaError(self.target_delta, self.rows, self.population)
+        if self.target_delta < MIN_DELTA:
+            raise PrivacyConfigError(
+                f"delta must be at least {MIN_DELTA:g}, got {self.target_delta:g}: "
+                "below that the PRV accountant's floating-point error exceeds "
+                f"delta; use {MIN_DELTA:g} or more"
+            )
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
             raise PrivacyConfigError(
                 f"the clipping norm (max grad norm) must be positive, got "
@@ -177,6 +185,26 @@ def epsilon_limit_message(epsilon: float) -> str:
     )
 
 
+@contextlib.contextmanager
+def _precision_errors(delta: float) -> Iterator[None]:
+    """Turn the PRV accountant's precision error into a `PrivacyConfigError`.
+
+    The PRV accountant stops when its domain size times the float precision
+    exceeds delta. `MIN_DELTA` keeps clear of that for usual settings, but
+    hundreds of thousands of steps can still reach it.
+    """
+    try:
+        yield
+    except ValueError as error:
+        if "Floating point errors will dominate" not in str(error):
+            raise
+        raise PrivacyConfigError(
+            f"the PRV accountant cannot compute epsilon at delta {delta:g} for "
+            f"these settings ({error}); use a larger --delta, or fewer steps "
+            "(fewer epochs or a larger batch size)"
+        ) from error
+
+
 def _create_accountant(name: str):
     from opacus.accountants import create_accountant
 
@@ -199,12 +227,16 @@ def compute_epsilon(
 
     Returns:
         The accountant's upper bound on epsilon, or 0.0 for an empty history.
+
+    Raises:
+        PrivacyConfigError: delta is too small for the accountant's float
+            precision.
     """
     if not history:
         return 0.0
     fresh = _create_accountant(accountant)
     fresh.history = [(float(s), float(q), int(n)) for s, q, n in history]
-    with warnings.catch_warnings():
+    with _precision_errors(delta), warnings.catch_warnings():
         # The RDP accountant warns when its best order is the largest one it
         # tries; its bound is then looser but still valid.
         warnings.filterwarnings("ignore", message="Optimal order is the largest")
@@ -224,7 +256,8 @@ def calibrate_noise(settings: DPSettings) -> float:
 
     Raises:
         PrivacyConfigError: even `MAX_NOISE_MULTIPLIER` does not reach the
-            target.
+            target, or delta is too small for the accountant's float
+            precision.
     """
     sigma = _noise_multiplier(
         settings.target_epsilon,
@@ -263,7 +296,7 @@ def _noise_multiplier(
             "batch size or a larger epsilon"
         )
 
-    with warnings.catch_warnings():
+    with _precision_errors(target_delta), warnings.catch_warnings():
         # The PRV accountant sizes its domain with RDP, which warns as in
         # `compute_epsilon`.
         warnings.filterwarnings("ignore", message="Optimal order is the largest")
