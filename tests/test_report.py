@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edgedp import config
 from edgedp.bundle import INT8_MODEL, TORCH_WEIGHTS, create_bundle
 from edgedp.privacy import non_private_ledger
 from edgedp.report import ReportError, write_report
@@ -23,7 +24,9 @@ from edgedp.report.collect import (
     read_bundles,
     summarize,
 )
+from edgedp.report.figures import seeds_text
 from edgedp.report.markdown import (
+    _classifier_section,
     _data_section,
     _efficiency_section,
     _privacy_section,
@@ -208,6 +211,33 @@ def test_privacy_ledger_private_bundle_keeps_coverage():
     lines = "\n".join(_privacy_section([row])).splitlines()
     (line,) = [line for line in lines if line.startswith("| classifier-plain")]
     assert line.rstrip().endswith("| no |")
+
+
+def test_privacy_section_states_composition():
+    (row,) = collect_privacy([_plain_manifest()])
+
+    text = " ".join("\n".join(_privacy_section([row])).split())
+
+    assert "Each epsilon covers its own bundle only." in text
+    assert "costs up to epsilon 2 together" in text
+
+
+def test_classifier_section_flags_other_setup():
+    capped = {"classes": ["Benign", "DDoS", "C&C"], "max_rows_per_class": 2000}
+    study = {"classes": list(config.STUDY_CLASSES)}
+
+    flagged = " ".join("\n".join(_classifier_section([], capped)).split())
+    plain = "\n".join(_classifier_section([], study))
+
+    assert "This run differs from the study's setup" in flagged
+    assert "3 classes (Benign, DDoS, C&C) instead of the study's 6" in flagged
+    assert "at most 2,000 flows per class" in flagged
+    assert "differs from the study's setup" not in plain
+
+
+def test_seeds_text_singular():
+    assert seeds_text(1) == "1 seed"
+    assert seeds_text(3) == "3 seeds"
 
 
 def _bench(flows: int) -> dict:

@@ -133,7 +133,7 @@ def draw_reconstruction_error(manifests: list[dict[str, Any]], path: Path) -> bo
             axis.set_xlim(
                 display_edges[used[0]] / 2, max(display_edges[used[-1] + 1] * 2, 1.0)
             )
-        axis.set_title(f"{privacy_label(epsilon)} ({len(scored)} seeds)")
+        axis.set_title(f"{privacy_label(epsilon)} ({seeds_text(len(scored))})")
         axis.set_xlabel("reconstruction error (MSE)")
         axis.legend(fontsize=7, loc="upper left")
     axes[0][0].set_ylabel("fraction of test flows")
@@ -146,8 +146,18 @@ def draw_reconstruction_error(manifests: list[dict[str, Any]], path: Path) -> bo
     return True
 
 
+def seeds_text(count: int) -> str:
+    """Return "1 seed" or "N seeds"."""
+    return f"{count} seed" if count == 1 else f"{count} seeds"
+
+
 def _curve(axis, rows: list[dict[str, Any]], metric: str, levels: list[str]) -> None:
     formats = [f for f in FORMAT_COLORS if any(r["format"] == f for r in rows)]
+    several = any(
+        len(row["metrics"][metric]["values"]) > 1
+        for row in rows
+        if metric in row["metrics"]
+    )
     width = 0.1
     for offset, model_format in enumerate(formats):
         shift = (offset - (len(formats) - 1) / 2) * width
@@ -174,7 +184,7 @@ def _curve(axis, rows: list[dict[str, Any]], metric: str, levels: list[str]) -> 
             fmt="o-",
             capsize=4,
             color=FORMAT_COLORS[model_format],
-            label=f"{model_format} (mean ± std)",
+            label=f"{model_format} (mean ± std)" if several else model_format,
         )
     axis.set_xticks(range(len(levels)), levels)
     axis.set_xlabel("privacy level")
@@ -220,7 +230,7 @@ def draw_privacy_utility(report: dict[str, Any], path: Path) -> bool:
             axis.set_title("Autoencoder")
         axis.legend(fontsize=7)
 
-    figure.suptitle("Privacy-utility trade-off over seeds", y=1.02)
+    figure.suptitle("Privacy-utility trade-off", y=1.02)
     _save(figure, path)
     plt.close(figure)
     return True
@@ -267,7 +277,7 @@ def draw_confusion_matrices(manifests: list[dict[str, Any]], path: Path) -> bool
         axis.set_xticks(range(len(labels)), short, rotation=60, fontsize=7)
         axis.set_yticks(range(len(labels)), short, fontsize=7)
         axis.set_xlabel("predicted")
-        axis.set_title(f"{privacy_label(epsilon)} ({seeds} seeds)", fontsize=9)
+        axis.set_title(f"{privacy_label(epsilon)} ({seeds_text(seeds)})", fontsize=9)
     axes[0][0].set_ylabel("true class")
     figure.suptitle(
         f"Classifier confusion matrices ({CONFUSION_FORMAT}, test split, "

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from edgedp import config
 from edgedp.report import published
 from edgedp.report.collect import CLASSIFIER_METRICS, privacy_label
 
@@ -222,7 +223,7 @@ def _split_text(split: dict[str, Any] | None) -> str:
     return f"`{split['method']}` ({fractions}, seed {split['seed']})"
 
 
-def _classifier_section(rows: list[dict[str, Any]]) -> list[str]:
+def _classifier_section(rows: list[dict[str, Any]], data: dict[str, Any]) -> list[str]:
     lines = [
         "## 2. Classifier",
         "",
@@ -231,6 +232,15 @@ def _classifier_section(rows: list[dict[str, Any]]) -> list[str]:
         "precision, recall and F1 are averaged.",
         "",
     ]
+    differences = _differences_from_study(data)
+    if differences:
+        lines += [
+            "**This run differs from the study's setup** ("
+            + "; ".join(differences)
+            + "), so its scores and the study rows measure different tasks "
+            "and are not comparable.",
+            "",
+        ]
     if not rows:
         return [*lines, "No classifier was scored.", ""]
     study = {privacy_label(e): scores for e, scores in published.CLASSIFIER.items()}
@@ -278,6 +288,22 @@ def _classifier_section(rows: list[dict[str, Any]]) -> list[str]:
                 ]
             )
     return [*lines, table(header, body), ""]
+
+
+def _differences_from_study(data: dict[str, Any]) -> list[str]:
+    """Return how the run's data differs from the study's six classes in full."""
+    differences = []
+    classes = list(data.get("classes", []))
+    if classes != list(config.STUDY_CLASSES):
+        differences.append(
+            f"{len(classes)} classes ({', '.join(classes)}) instead of the "
+            f"study's {len(config.STUDY_CLASSES)}"
+        )
+    if data.get("max_rows_per_file"):
+        differences.append(f"at most {data['max_rows_per_file']:,} rows per file")
+    if data.get("max_rows_per_class"):
+        differences.append(f"at most {data['max_rows_per_class']:,} flows per class")
+    return differences
 
 
 def _autoencoder_section(rows: list[dict[str, Any]]) -> list[str]:
@@ -417,6 +443,11 @@ def _privacy_section(rows: list[dict[str, Any]]) -> list[str]:
         "ranges and whether the DP guarantee still covers the int8 model. For "
         "a bundle trained without DP, n/a marks the settings that only DP "
         "training has, and `no DP` the coverage, because there is no guarantee.",
+        "",
+        "Each epsilon covers its own bundle only. Bundles trained on the same "
+        "training split compose: releasing the classifier and the autoencoder "
+        "at epsilon 1 each costs up to epsilon 2 together, and every further "
+        "seed or privacy level released adds up to its epsilon as well.",
         "",
     ]
     header = [
@@ -598,7 +629,7 @@ def render(report: dict[str, Any]) -> str:
     ]
     lines += _run_section(report)
     lines += _data_section(report["data"])
-    lines += _classifier_section(report["classifier"])
+    lines += _classifier_section(report["classifier"], report["data"])
     lines += _autoencoder_section(report["autoencoder"])
     lines += _efficiency_section(report["efficiency"])
     lines += _privacy_section(report["privacy"])
