@@ -338,12 +338,23 @@ def _blocks(handle: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
 
 
 def _map_blocks(mapped: mmap.mmap, chunk_bytes: int) -> Iterator[bytes]:
+    """Yield copies of the map's blocks, releasing the pages already copied.
+
+    Mapped pages that were read count in the process's resident memory until
+    they are released, so without `MADV_DONTNEED` the resident size would
+    grow with the file. The file and the page cache are not changed.
+    """
     size = len(mapped)
     start = 0
+    released = 0
     while start < size:
         end = mapped.find(b"\n", min(start + chunk_bytes, size) - 1) + 1 or size
         yield mapped[start:end]
         start = end
+        page_end = end - end % mmap.PAGESIZE
+        if page_end > released and hasattr(mmap, "MADV_DONTNEED"):
+            mapped.madvise(mmap.MADV_DONTNEED, released, page_end - released)
+            released = page_end
 
 
 def _rest_of_line(handle: BinaryIO, chunk_bytes: int) -> bytes:
