@@ -80,9 +80,9 @@ def test_default_delta_error_suggests_from_rows():
     assert "such as 1e-05" not in message
 
 
-@pytest.mark.parametrize("delta", [1e-17, 5e-324])
+@pytest.mark.parametrize("delta", [1e-12, 1e-17, 5e-324])
 def test_tiny_delta_rejected(delta):
-    with pytest.raises(PrivacyConfigError, match="delta must be at least 1e-12"):
+    with pytest.raises(PrivacyConfigError, match="delta must be at least 1e-10"):
         _settings(rows=4561, target_delta=delta, expected_batch_size=256)
 
 
@@ -94,11 +94,11 @@ def test_accountant_precision_error_explained():
 
 
 def test_smallest_delta_calibrates():
-    settings = _settings(rows=34_015, target_delta=1e-12, expected_batch_size=2048)
+    settings = _settings(rows=34_015, target_delta=1e-10, expected_batch_size=2048)
 
     sigma = calibrate_noise(settings)
     epsilon = compute_epsilon(
-        [(sigma, settings.sample_rate, settings.steps)], delta=1e-12
+        [(sigma, settings.sample_rate, settings.steps)], delta=1e-10
     )
 
     assert epsilon <= settings.target_epsilon
