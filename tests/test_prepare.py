@@ -258,6 +258,15 @@ def test_class_cap_keeps_every_class(iot23, tmp_path):
     assert first_rows.classes == ["Benign", "DDoS", "C&C"]
 
 
+def test_tiny_class_cap_error_names_cap(iot23, tmp_path):
+    with pytest.raises(PrepareError, match=r"raise --max-rows-per-class \(now 1\)"):
+        prepare_dataset(
+            [iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"],
+            tmp_path / "tiny",
+            max_rows_per_class=1,
+        )
+
+
 def test_no_matching_class_is_error(iot23, tmp_path):
     with pytest.raises(PrepareError, match="no flow of the classes Okiru"):
         prepare_dataset(

@@ -588,6 +588,11 @@ def _write_splits(
             )
         else:
             fix = "add input files with these classes or use --split random"
+        if max_rows_per_class is not None and keys.part_first.sum() > len(kept_labels):
+            fix = (
+                f"raise --max-rows-per-class (now {max_rows_per_class}), which "
+                f"left out flows of these classes, or {fix}"
+            )
         raise PrepareError(
             f"every class is too small for the {split} split, which needs "
             f"flows of each class in train, validation and test: "
