@@ -207,7 +207,11 @@ def test_bad_number_names_its_fields():
     assert list(flows.lines) == [6]
     assert details == [
         (4, "not a finite number in duration='1e400'"),
-        (5, "not a finite number in orig_bytes='12x', resp_pkts='nan'"),
+        (
+            5,
+            "unparsable number in orig_bytes='12x'; "
+            "not a finite number in resp_pkts='nan'",
+        ),
     ]
 
 

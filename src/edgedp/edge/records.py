@@ -604,12 +604,13 @@ class LineParser:
 
         if bad:
             for index in sorted(bad):
-                values = [f"{name}={raw[name][index]!r}" for name in bad[index]]
                 self._on_bad_line(
                     "bad_number",
                     chunk.source,
                     int(numbers[index]),
-                    "not a finite number in " + ", ".join(values),
+                    "; ".join(
+                        _number_problem(name, raw[name][index]) for name in bad[index]
+                    ),
                 )
             keep = np.setdiff1d(np.arange(len(numbers)), sorted(bad))
             if not len(keep):
@@ -782,6 +783,15 @@ def _is_decimal(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _number_problem(name: str, value: Any) -> str:
+    """Describe a numeric field that `_to_float` rejected, as prepare does."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return f"unparsable number in {name}={value!r}"
+    return f"not a finite number in {name}={value!r}"
 
 
 def _to_float(
