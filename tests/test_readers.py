@@ -755,12 +755,13 @@ def test_header_only_export_reads_no_rows(tmp_path, iot23, name, ending):
     assert inspected.no_rows_message() is None
 
 
-def _concatenated_export(source, path, *, reorder=False, quote=False):
+def _concatenated_export(source, path, *, reorder=False, quote=False, upper=False):
     """Write `source` (a CSV export) as two exports joined after row 100.
 
     With `reorder`, the second part swaps the origin and responder port
     columns in its header row and its rows. With `quote`, the second
-    header row quotes its names. Returns the second header row's line.
+    header row quotes its names, and with `upper` it writes them in upper
+    case. Returns the second header row's line.
     """
     header, *rows = source.read_text().splitlines()
     names = header.split(",")
@@ -769,6 +770,8 @@ def _concatenated_export(source, path, *, reorder=False, quote=False):
         origin, responder = names.index("id.orig_p"), names.index("id.resp_p")
         for fields in [names, *second]:
             fields[origin], fields[responder] = fields[responder], fields[origin]
+    if upper:
+        names = [name.upper() for name in names]
     if quote:
         names = [f'"{name}"' for name in names]
     lines = [header, *rows[:100], ",".join(names), *map(",".join, second)]
@@ -776,11 +779,13 @@ def _concatenated_export(source, path, *, reorder=False, quote=False):
     return 102
 
 
-@pytest.mark.parametrize("quote", [False, True])
-def test_repeated_header_row_skipped(tmp_path, iot23, quote):
+@pytest.mark.parametrize(
+    ("quote", "upper"), [(False, False), (True, False), (False, True)]
+)
+def test_repeated_header_row_skipped(tmp_path, iot23, quote, upper):
     source = iot23 / "csv" / "CTU-IoT-Malware-Capture-44-1.labeled.csv"
     path = tmp_path / "joined.csv"
-    line = _concatenated_export(source, path, quote=quote)
+    line = _concatenated_export(source, path, quote=quote, upper=upper)
 
     report, frame = read(path)
     _, original = read(source)
@@ -791,11 +796,13 @@ def test_repeated_header_row_skipped(tmp_path, iot23, quote):
     assert frame.drop(LINE).equals(original.drop(LINE))
 
 
-@pytest.mark.parametrize("quote", [False, True])
-def test_reordered_header_row_rejected(tmp_path, iot23, quote):
+@pytest.mark.parametrize(
+    ("quote", "upper"), [(False, False), (True, False), (False, True)]
+)
+def test_reordered_header_row_rejected(tmp_path, iot23, quote, upper):
     source = iot23 / "csv" / "CTU-IoT-Malware-Capture-44-1.labeled.csv"
     path = tmp_path / "joined.csv"
-    line = _concatenated_export(source, path, reorder=True, quote=quote)
+    line = _concatenated_export(source, path, reorder=True, quote=quote, upper=upper)
 
     with pytest.raises(FlowLogError) as caught:
         read(path)

@@ -179,18 +179,24 @@ def _drop_header_rows(
 ) -> pl.DataFrame:
     """Remove the header rows that joined exports repeat, counting each.
 
-    A line is a header row when its fields name both `ts` and `uid`, as
-    `sources.detect_layout` decides for the first line. Only lines that
-    contain `uid` are split in Python, which few data lines do.
+    A line is a header row when its fields name both `ts` and `uid` in any
+    letter case, as `sources.detect_layout` decides for the first line.
+    Only lines that contain `uid` are split in Python, which few data lines
+    do.
     """
-    candidates = lines.filter(pl.col(_TEXT).str.contains("uid", literal=True))
+    candidates = lines.filter(
+        pl.col(_TEXT).str.to_lowercase().str.contains("uid", literal=True)
+    )
+    expected = [name.lower() for name in header.fields]
     repeated = []
     for line, text in candidates.iter_rows():
-        names = sources.split_header_row(text, header.separator)
+        names = [
+            name.lower() for name in sources.split_header_row(text, header.separator)
+        ]
         if "ts" not in names or "uid" not in names:
             continue
-        if names != list(header.fields):
-            raise FlowLogError(_changed_header_message(path, line, names, header))
+        if names != expected:
+            raise FlowLogError(_changed_header_message(path, line, names, expected))
         skips.add(line, "repeated header row")
         repeated.append(line)
     if not repeated:
@@ -199,9 +205,8 @@ def _drop_header_rows(
 
 
 def _changed_header_message(
-    path: Path, line: int, names: list[str], header: zeek.Header
+    path: Path, line: int, names: list[str], expected: list[str]
 ) -> str:
-    expected = list(header.fields)
     position = 0
     while names[position : position + 1] == expected[position : position + 1]:
         position += 1
