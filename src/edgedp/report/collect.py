@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgedp import config
 from edgedp.bundle import MANIFEST_NAME, BundleError, load_bundle
 from edgedp.experiment import MODELS, TrainingRun
 from edgedp.metrics import CLASSIFIER_SUMMARY
@@ -454,3 +455,19 @@ def collect(files: RunFiles) -> dict[str, Any]:
         "membership": collect_membership(manifests),
         "published": published.as_json(),
     }
+
+
+def differences_from_study(data: dict[str, Any]) -> list[str]:
+    """Return how the run's data differs from the study's six classes in full."""
+    differences = []
+    classes = list(data.get("classes", []))
+    if classes != list(config.STUDY_CLASSES):
+        differences.append(
+            f"{len(classes)} classes ({', '.join(classes)}) instead of the "
+            f"study's {len(config.STUDY_CLASSES)}"
+        )
+    if data.get("max_rows_per_file"):
+        differences.append(f"at most {data['max_rows_per_file']:,} rows per file")
+    if data.get("max_rows_per_class"):
+        differences.append(f"at most {data['max_rows_per_class']:,} flows per class")
+    return differences

@@ -23,7 +23,11 @@ import numpy as np
 from edgedp import atomic
 from edgedp.config import BENIGN_CLASS
 from edgedp.report import published
-from edgedp.report.collect import VALIDATION_THRESHOLD, privacy_label
+from edgedp.report.collect import (
+    VALIDATION_THRESHOLD,
+    differences_from_study,
+    privacy_label,
+)
 
 RECONSTRUCTION_ERROR = "reconstruction_error.png"
 PRIVACY_UTILITY = "privacy_utility.png"
@@ -212,7 +216,9 @@ def draw_privacy_utility(report: dict[str, Any], path: Path) -> bool:
                 for e in report["published"]["classifier"]
             }
             points = [(levels.index(k), v) for k, v in study.items() if k in levels]
-            if points:
+            # The study's F1 is for its six classes with every row, so it is
+            # drawn only beside a run with the same classes and no row limit.
+            if points and not differences_from_study(report.get("data", {})):
                 axis.scatter(
                     *zip(*points, strict=True),
                     marker="x",

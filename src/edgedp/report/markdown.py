@@ -6,9 +6,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from edgedp import config
 from edgedp.report import published
-from edgedp.report.collect import CLASSIFIER_METRICS, privacy_label
+from edgedp.report.collect import (
+    CLASSIFIER_METRICS,
+    differences_from_study,
+    privacy_label,
+)
 
 MIB = 1 << 20
 """Memory and file sizes are shown in MiB (2^20 bytes), as `edgedp bench`
@@ -232,7 +235,7 @@ def _classifier_section(rows: list[dict[str, Any]], data: dict[str, Any]) -> lis
         "precision, recall and F1 are averaged.",
         "",
     ]
-    differences = _differences_from_study(data)
+    differences = differences_from_study(data)
     if differences:
         lines += [
             "**This run differs from the study's setup** ("
@@ -288,22 +291,6 @@ def _classifier_section(rows: list[dict[str, Any]], data: dict[str, Any]) -> lis
                 ]
             )
     return [*lines, table(header, body), ""]
-
-
-def _differences_from_study(data: dict[str, Any]) -> list[str]:
-    """Return how the run's data differs from the study's six classes in full."""
-    differences = []
-    classes = list(data.get("classes", []))
-    if classes != list(config.STUDY_CLASSES):
-        differences.append(
-            f"{len(classes)} classes ({', '.join(classes)}) instead of the "
-            f"study's {len(config.STUDY_CLASSES)}"
-        )
-    if data.get("max_rows_per_file"):
-        differences.append(f"at most {data['max_rows_per_file']:,} rows per file")
-    if data.get("max_rows_per_class"):
-        differences.append(f"at most {data['max_rows_per_class']:,} flows per class")
-    return differences
 
 
 def _autoencoder_section(rows: list[dict[str, Any]]) -> list[str]:
