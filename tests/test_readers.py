@@ -854,3 +854,29 @@ def test_field_after_label_group(tmp_path, honeypot_lines, iot23, rows_have_extr
     else:
         assert report.rows_read == 0
         assert report.skipped.counts == {"wrong field count: expected 24, found 23": 50}
+
+
+@pytest.mark.parametrize(
+    ("change", "columns", "named"),
+    [("drop", 22, "it lacks detailed-label"), ("add", 24, "it adds extra")],
+)
+def test_header_row_column_count_changed(tmp_path, iot23, change, columns, named):
+    source = iot23 / "csv" / "CTU-IoT-Malware-Capture-44-1.labeled.csv"
+    header, *rows = source.read_text().splitlines()
+    second = []
+    for row in [header, *rows[100:]]:
+        fields = row.split(",")
+        fields = fields[:-1] if change == "drop" else [*fields, "extra"]
+        second.append(",".join(fields))
+    path = tmp_path / "joined.csv"
+    path.write_text("\n".join([header, *rows[:100], *second]) + "\n")
+
+    with pytest.raises(FlowLogError) as caught:
+        read(path)
+
+    message = str(caught.value)
+    assert f"{path}:102" in message
+    assert f"with {columns} columns where the first header row has 23" in message
+    assert named in message
+    assert "instead of" not in message
+    assert "split the file before line 102" in message

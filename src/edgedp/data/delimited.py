@@ -207,16 +207,29 @@ def _drop_header_rows(
 def _changed_header_message(
     path: Path, line: int, names: list[str], expected: list[str]
 ) -> str:
-    position = 0
-    while names[position : position + 1] == expected[position : position + 1]:
-        position += 1
-    found = names[position] if position < len(names) else "none"
-    first = expected[position] if position < len(expected) else "none"
+    if len(names) != len(expected):
+        lacking = [name for name in expected if name not in names]
+        adding = [name for name in names if name not in expected]
+        parts = [f"it lacks {', '.join(lacking)}"] if lacking else []
+        parts += [f"it adds {', '.join(adding)}"] if adding else []
+        detail = f" ({' and '.join(parts)})" if parts else ""
+        difference = (
+            f"{path}:{line} is a header row with {len(names)} columns where the "
+            f"first header row has {len(expected)}{detail}"
+        )
+    else:
+        position = 0
+        while names[position] == expected[position]:
+            position += 1
+        difference = (
+            f"{path}:{line} is a header row whose columns differ from the first "
+            f"header row's (column {position + 1} is {names[position]} instead "
+            f"of {expected[position]})"
+        )
     return (
-        f"{path}:{line} is a header row whose columns differ from the first "
-        f"header row's (column {position + 1} is {found} instead of {first}), "
-        "as when two exports are joined into one file. edgedp reads one column "
-        f"order per file, so split the file before line {line} and pass both parts"
+        f"{difference}, as when two exports are joined into one file. edgedp "
+        "reads one column order per file, so split the file before line "
+        f"{line} and pass both parts"
     )
 
 
