@@ -290,19 +290,24 @@ def test_unlabeled_log_is_error(iot23, tmp_path):
 
 
 def _write_header_only(iot23, folder, kind):
-    """Write a labeled log of `kind` (zeek or csv) that has no data rows."""
+    """Write a labeled log of `kind` that has no data rows.
+
+    `kind` is zeek, csv, or csv-twice: a CSV export whose header row is
+    repeated, as when two header-only exports are joined.
+    """
     if kind == "zeek":
         source = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
         lines = source.read_text().splitlines(keepends=True)
         path = folder / "empty.conn.log.labeled"
         path.write_text("".join(line for line in lines if line.startswith("#")))
         return path
+    header = (iot23 / CSV_20_1).read_text().splitlines()[0] + "\n"
     path = folder / "empty.csv"
-    path.write_text((iot23 / CSV_20_1).read_text().splitlines()[0] + "\n")
+    path.write_text(header * (2 if kind == "csv-twice" else 1))
     return path
 
 
-@pytest.mark.parametrize("kind", ["zeek", "csv"])
+@pytest.mark.parametrize("kind", ["zeek", "csv", "csv-twice"])
 def test_header_only_file_in_folder(iot23, tmp_path, kind):
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -317,7 +322,7 @@ def test_header_only_file_in_folder(iot23, tmp_path, kind):
     assert dataset.manifest["rows"]["read"] == 3209
 
 
-@pytest.mark.parametrize("kind", ["zeek", "csv"])
+@pytest.mark.parametrize("kind", ["zeek", "csv", "csv-twice"])
 def test_header_only_file_named_alone(iot23, tmp_path, kind):
     empty = _write_header_only(iot23, tmp_path, kind)
 

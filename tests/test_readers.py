@@ -880,3 +880,35 @@ def test_header_row_column_count_changed(tmp_path, iot23, change, columns, named
     assert named in message
     assert "instead of" not in message
     assert "split the file before line 102" in message
+
+
+def test_repeated_header_only_export_reads_no_rows(tmp_path, iot23):
+    source = iot23 / "csv" / "CTU-IoT-Malware-Capture-44-1.labeled.csv"
+    header = source.read_text().splitlines()[0]
+    path = tmp_path / "empty.csv"
+    path.write_text(f"{header}\n{header}\n")
+
+    report, frame = read(path)
+    (inspected,) = inspect_logs([path])
+
+    assert frame is None
+    assert report.rows_read == 0
+    assert dict(report.skipped.counts) == {"repeated header row": 1}
+    assert report.no_rows_message() is None
+    assert inspected.no_rows_message() is None
+
+
+def test_no_rows_message_leaves_out_header_rows(tmp_path, iot23):
+    source = iot23 / "csv" / "CTU-IoT-Malware-Capture-44-1.labeled.csv"
+    header, *rows = source.read_text().splitlines()
+    short = [row.rsplit(",", 1)[0] for row in rows[:3]]
+    path = tmp_path / "short.csv"
+    path.write_text("\n".join([header, short[0], header, *short[1:]]) + "\n")
+
+    report, _ = read(path)
+    message = report.no_rows_message()
+
+    assert report.rows_read == 0
+    assert report.skipped.total == 4
+    assert "all 3 data lines were skipped" in message
+    assert "'wrong field count: expected 23, found 22' (3 lines)" in message

@@ -42,6 +42,10 @@ _REPLACEMENT = "\ufffd"
 # Text logs contain no 0x1F byte, and a stray one is turned into invalid UTF-8.
 _LINE_SEPARATOR = b"\x1f"
 
+REPEATED_HEADER_ROW = "repeated header row"
+"""Skip reason of a header row that a joined export repeats. It is not a data
+line, so a file with no other lines reads as 0 rows, not as damaged."""
+
 
 def read_delimited(
     path: Path,
@@ -197,7 +201,7 @@ def _drop_header_rows(
             continue
         if names != expected:
             raise FlowLogError(_changed_header_message(path, line, names, expected))
-        skips.add(line, "repeated header row")
+        skips.add(line, REPEATED_HEADER_ROW)
         repeated.append(line)
     if not repeated:
         return lines

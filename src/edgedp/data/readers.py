@@ -18,7 +18,7 @@ import polars as pl
 
 from edgedp import zeek
 from edgedp.data import records, sources
-from edgedp.data.delimited import read_delimited
+from edgedp.data.delimited import REPEATED_HEADER_ROW, read_delimited
 from edgedp.data.jsonlog import read_json
 from edgedp.data.prefetch import prefetch
 from edgedp.data.skips import SkipLog
@@ -55,11 +55,14 @@ class FileReport:
 
         The message names the file, the most common reason and the likely
         fix. A file without data lines, or with at least one row read,
-        gives None.
+        gives None. Repeated header rows of a joined export are not data
+        lines, so they are left out of the counts.
         """
-        if self.rows_read or not self.skipped.total:
+        damaged = self.skipped.counts.copy()
+        del damaged[REPEATED_HEADER_ROW]
+        if self.rows_read or not damaged.total():
             return None
-        reason, count = self.skipped.counts.most_common(1)[0]
+        reason, count = damaged.most_common(1)[0]
         if not self.layout.header_row:
             fix = (
                 "check that --columns names the file's columns in order "
@@ -68,7 +71,7 @@ class FileReport:
         else:
             fix = "check that the file is a complete conn log or export"
         return (
-            f"{self.path}: no rows read, all {self.skipped.total} data lines "
+            f"{self.path}: no rows read, all {damaged.total()} data lines "
             f"were skipped, most for {reason!r} ({count} lines); {fix}"
         )
 
