@@ -8,10 +8,14 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import numpy as np
+import polars as pl
 import pytest
 
 from edgedp import features, zeek
 from edgedp.atomic import OutputError
+from edgedp.data import readers
+from edgedp.data.inspect import inspect_logs
+from edgedp.data.records import LINE
 from edgedp.edge.alerts import AlertWriter, _TimeFormatter
 from edgedp.edge.follow import Chunk, FileSource
 from edgedp.edge.records import (
@@ -554,3 +558,70 @@ def test_other_log_after_rotation_noticed_once():
     assert len(other) == 1
     assert "edgedp reads conn logs (#path conn)" in other[0]
     assert recorder.bad == [("missing_fields", 4), ("missing_fields", 5)]
+
+
+def _write_json_log(iot23, path, count: int, timestamps: dict[int, object]) -> None:
+    """Write the first flows of an IoT-23 log as Zeek JSON lines.
+
+    Numeric fields become JSON numbers, and `timestamps` maps a 1-based line
+    number to the `ts` value written on that line in place of the logged one.
+    """
+    source = iot23 / "zeek/CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    text = source.read_text().splitlines()
+    header = zeek.parse_header(line for line in text if line.startswith("#"))
+    rows = [zeek.split_line(line, header) for line in text if line[:1] != "#"]
+
+    lines = []
+    for number, values in enumerate(rows[:count], start=1):
+        record: dict[str, object] = {}
+        for name, value in zip(header.fields, values, strict=True):
+            if zeek.is_missing(value, header):
+                continue
+            record[name] = float(value) if name in zeek.NUMERIC_FIELDS else value
+        if number in timestamps:
+            record["ts"] = timestamps[number]
+        lines.append(json.dumps(record))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_wrong_ts_type_skipped_by_both_readers(iot23, tmp_path):
+    expected = {
+        1: "ts is an object, expected a number or an ISO 8601 string",
+        2: "ts is a list, expected a number or an ISO 8601 string",
+        3: "ts is a bool, expected a number or an ISO 8601 string",
+        4: "ts is a list, expected a number or an ISO 8601 string",
+    }
+    path = tmp_path / "conn.json"
+    timestamps = {
+        1: {"a": 1},
+        2: [1538478769.6],
+        3: True,
+        4: [],
+        5: "1545403816.962094",
+        6: "2018-12-21T14:50:16.5Z",
+    }
+    _write_json_log(iot23, path, 8, timestamps)
+    details: list[tuple[int, str, str]] = []
+    parser = LineParser(
+        FIELDS,
+        on_bad_line=lambda reason, source, line, detail: details.append(
+            (line, reason, detail)
+        ),
+    )
+
+    flows = _parse_file(parser, path)
+    (inspected,) = inspect_logs([path])
+    records = pl.concat(readers.read_flows(path))
+
+    assert details == [(line, "bad_json", reason) for line, reason in expected.items()]
+    assert list(flows.lines) == [5, 6, 7, 8]
+    assert dict(inspected.skipped.counts) == dict(Counter(expected.values()))
+    assert inspected.skipped.examples == [
+        f"conn.json:{line}: {reason}" for line, reason in expected.items()
+    ]
+    assert inspected.rows_read == 4
+    assert records[LINE].to_list() == [5, 6, 7, 8]
+    assert records["ts"][0] == pytest.approx(1545403816.962094, abs=1e-6)
+    assert records["ts"][1] == pytest.approx(1545403816.5, abs=1e-6)
+    assert flow_time(flows.columns["ts"][0]) == records["ts"][0]
+    assert flow_time(flows.columns["ts"][1]) == records["ts"][1]

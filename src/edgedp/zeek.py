@@ -257,6 +257,24 @@ def is_missing(value: str | None, header: Header | None = None) -> bool:
     return value in (header.unset_field, header.empty_field)
 
 
+def json_ts_type_problem(value: object) -> str | None:
+    """Return why a JSON `ts` value has the wrong type, or None if it may fit.
+
+    A number or a string may be a time, so both return None and are parsed
+    later. A list, a bool or an object is never a time. A list with one
+    number is not unwrapped, so every reader skips such a line alike.
+    """
+    if isinstance(value, bool):
+        kind = "a bool"
+    elif isinstance(value, list):
+        kind = "a list"
+    elif isinstance(value, dict):
+        kind = "an object"
+    else:
+        return None
+    return f"ts is {kind}, expected a number or an ISO 8601 string"
+
+
 def parse_number(value: str | None, header: Header | None = None) -> float | None:
     """Parse a Zeek time, port, interval or count field.
 

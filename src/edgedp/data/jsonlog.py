@@ -63,6 +63,10 @@ def _parse_line(raw: bytes, line: int, skips: SkipLog) -> dict[str, str | None] 
     if not isinstance(value, dict):
         skips.add(line, "not a JSON object")
         return None
+    problem = zeek.json_ts_type_problem(value.get("ts"))
+    if problem is not None:
+        skips.add(line, problem)
+        return None
 
     row = {zeek.canonical_field(key): _text(item) for key, item in _flatten(value)}
     ts = row.get("ts")

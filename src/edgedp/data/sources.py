@@ -500,12 +500,15 @@ def _check_json_fields(path: Path, lines: list[str]) -> None:
 
 
 def _keys(value: dict[str, object], prefix: str = "") -> Iterator[str]:
-    """Yield the dotted names of a JSON object's fields, as Zeek writes them."""
+    """Yield the dotted names of a JSON object's fields, as Zeek writes them.
+
+    A field whose value is an object is named too, so a `ts` of the wrong
+    type still counts as present. The reader skips such a line on its own.
+    """
     for key, item in value.items():
+        yield f"{prefix}{key}"
         if isinstance(item, dict):
             yield from _keys(item, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}"
 
 
 def split_header_row(line: str, separator: str) -> list[str]:

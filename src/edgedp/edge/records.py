@@ -32,7 +32,8 @@ them into range.
 flows an alert is written for (`flow_time`). A flow with an unparsable `ts`
 is still classified, and its alert carries `"ts": null`. In JSON that is a
 string that is neither a decimal number nor an ISO 8601 time. A `ts` that is
-a boolean, an object or an array is a field of the wrong type (`bad_json`).
+a list, a bool or an object is a field of the wrong type (`bad_json`, with
+the reason that `edgedp inspect` gives); a list is not unwrapped.
 
 This module uses only numpy, the standard library and edgedp's pure modules,
 because the gateway runtime imports it.
@@ -747,6 +748,10 @@ def _json_value(name: str, value: Any, numeric: bool) -> Any:
     """Return a JSON field as a number (numeric fields) or a string."""
     if value is None:
         return None
+    if name == "ts":
+        problem = zeek.json_ts_type_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
     if isinstance(value, bool):
         raise ValueError(f"{name} is a boolean")
     if numeric:
