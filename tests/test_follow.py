@@ -376,3 +376,43 @@ def test_folder_continues_after_corrupt_gzip(iot23, tmp_path):
         ("conn.2.log", 3, b"2.0"),
     ]
     assert [kind for kind, _ in events] == ["corrupt_file", "partial_dropped"]
+
+
+def test_rotation_drops_unfinished_line(iot23, tmp_path):
+    source_log = iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    lines = source_log.read_bytes().splitlines()
+    header = [line for line in lines[:20] if line.startswith(b"#")]
+    rows = [line for line in lines if not line.startswith(b"#")]
+    log = tmp_path / "conn.log"
+    log.write_bytes(b"")
+    events: list[tuple[str, str]] = []
+    source = FileSource(
+        log,
+        follow=True,
+        poll_interval=0.005,
+        on_event=lambda kind, message: events.append((kind, message)),
+    )
+    script = [
+        ("write", b"\n".join([*header, *rows[:5]]) + b"\n" + rows[5][:40]),
+        ("sleep", 0.1),
+        ("rotate", "conn.2024-01-01-00-00-00.log"),
+        ("sleep", 0.1),
+        ("write", b"\n".join([*header, *rows[6:8]]) + b"\n"),
+    ]
+    done = threading.Event()
+    writer = threading.Thread(target=_writer, args=(log, script, done))
+    writer.start()
+
+    expected = 2 * len(header) + 7
+    read = _drain(source, until=lambda read: done.is_set() and len(read) >= expected)
+    # Anything more, such as the unfinished line, would arrive now.
+    read += _drain(source, limit=0.3)
+    writer.join()
+    source.close()
+
+    assert [line for *_, line in read] == [*header, *rows[:5], *header, *rows[6:8]]
+    assert [kind for kind, _ in events] == ["partial_dropped", "rotated"]
+    unfinished = len(header) + 6
+    assert events[0][1].startswith(f"{log}:{unfinished}: ")
+    assert "40 bytes" in events[0][1]
+    assert "the rotation left unfinished" in events[0][1]

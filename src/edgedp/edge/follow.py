@@ -4,9 +4,9 @@
 Every source returns `Chunk`s: the complete lines that one read produced, the
 file they came from and the line number of the first one. A line is complete
 when its newline has been read. The unterminated tail of a file is a line only
-once the file is known to be finished: at the end of a file that is not
-followed, or when a followed file has been rotated away. `close` drops an
-unterminated tail still held back and reports it as `partial_dropped`.
+at the end of a file that is not followed. A followed file's tail is dropped
+and reported as `partial_dropped` when the file is rotated away or truncated,
+and when `close` stops reading.
 
 Follow mode polls, because the standard library has no portable file change
 notification. At the end of the data the source sleeps `poll_interval`
@@ -170,11 +170,11 @@ class _SplitterSource:
         first = self._splitter.lines_seen - len(lines) + 1
         return Chunk(lines, self._source, first, self._generation)
 
-    def _drop_unfinished_line(self, name: str | Path) -> None:
-        """Report the partial line held back when reading stops.
+    def _drop_unfinished_line(self, name: str | Path, cause: str) -> None:
+        """Drop the partial line held back and report it as `partial_dropped`.
 
-        No more of the line will be read, so it is dropped and reported as
-        `partial_dropped`, as a line that a truncation cuts off is.
+        Called when no more of the line will be read. `cause` ends the
+        message, such as "when reading stopped".
         """
         number = self._splitter.lines_seen + 1
         dropped = self._splitter.reset()
@@ -182,7 +182,7 @@ class _SplitterSource:
             self._on_event(
                 "partial_dropped",
                 f"{name}:{number}: dropped an unfinished line of {dropped} bytes "
-                "when reading stopped",
+                f"{cause}",
             )
 
 
@@ -212,7 +212,9 @@ class FileSource(_SplitterSource):
     and log rotation tools do to a log:
 
     - rotation: the file is renamed and a new one is created at `path`. The
-      renamed file is read to its end, then `path` is reopened.
+      renamed file is read to its end, then `path` is reopened. An unfinished
+      last line of the renamed file is dropped and reported through
+      `on_event`.
     - truncation: the file shrinks below the read position. Reading restarts
       at offset 0, and a held partial line is dropped and reported through
       `on_event`.
@@ -362,13 +364,7 @@ class FileSource(_SplitterSource):
                 "skipped"
             )
         self._on_event("corrupt_file", message)
-        dropped = self._splitter.reset()
-        if dropped:
-            self._on_event(
-                "partial_dropped",
-                f"{self.path}:{lines + 1}: dropped an unfinished line of "
-                f"{dropped} bytes that the damaged gzip data cut off",
-            )
+        self._drop_unfinished_line(self.path, "that the damaged gzip data cut off")
 
     def _check_rotation(self) -> Chunk | None:
         """Detect rotation or truncation at the end of the data."""
@@ -385,27 +381,21 @@ class FileSource(_SplitterSource):
             chunk = self._read_available()
             if chunk is not None:
                 return chunk
-            tail = self._chunk(self._splitter.finish())
+            self._drop_unfinished_line(self.path, "that the rotation left unfinished")
             self._handle.close()
             self._handle = None
             self._on_event("rotated", f"{self.path} was rotated; reopening it")
             self._open()
-            return tail
+            return None
 
         if current.st_size < self._position:
-            dropped = self._splitter.reset()
+            self._drop_unfinished_line(self.path, "that the truncation cut off")
             self._handle.seek(0)
             self._position = 0
             self._start_file(self.path.name)
             self._on_event(
                 "truncated", f"{self.path} was truncated; reading it from the start"
             )
-            if dropped:
-                self._on_event(
-                    "partial_dropped",
-                    f"{self.path}: dropped an unfinished line of {dropped} bytes "
-                    "that the truncation cut off",
-                )
         return None
 
     def _finish(self) -> Chunk | None:
@@ -413,7 +403,7 @@ class FileSource(_SplitterSource):
         return self._chunk(self._splitter.finish())
 
     def close(self) -> None:
-        self._drop_unfinished_line(self.path)
+        self._drop_unfinished_line(self.path, "when reading stopped")
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -542,5 +532,5 @@ class StreamSource(_SplitterSource):
         return self._chunk(self._splitter.feed(data))
 
     def close(self) -> None:
-        self._drop_unfinished_line(self._source)
+        self._drop_unfinished_line(self._source, "when reading stopped")
         self.finished = True
