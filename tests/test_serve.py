@@ -207,6 +207,44 @@ def test_json_unparsable_ts_classified(gateway_bundles, iot23, tmp_path):
     assert alerts[5]["time"] == "2018-12-21T14:50:16.500000Z"
 
 
+def test_alert_time_is_iso_8601_or_null(gateway_bundles, iot23, tmp_path):
+    timestamps = [
+        -62135596800,
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999999Z",
+        253402300799.5,
+        253402300800,
+        1e20,
+        "1e20",
+    ]
+    log = tmp_path / "conn.json"
+    log.write_bytes(_json_lines(_zeek_text(iot23, "5-1"), timestamps))
+
+    alerts, totals = _serve(
+        gateway_bundles["classifier"], log, tmp_path, all_flows=True
+    )
+
+    assert totals["bad_lines"] == {}
+    assert [alert["ts"] for alert in alerts] == [
+        -62135596800,
+        -62135596800,
+        pytest.approx(253402300799.999999, abs=1e-6),
+        253402300799.5,
+        253402300800,
+        1e20,
+        1e20,
+    ]
+    assert [alert["time"] for alert in alerts] == [
+        "0001-01-01T00:00:00.000000Z",
+        "0001-01-01T00:00:00.000000Z",
+        "9999-12-31T23:59:59.999999Z",
+        "9999-12-31T23:59:59.500000Z",
+        None,
+        None,
+        None,
+    ]
+
+
 def _zeek_text(iot23: Path, name: str) -> bytes:
     path = iot23 / ZEEK_LOGS[name]
     if path.suffix == ".gz":

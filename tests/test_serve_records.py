@@ -158,6 +158,14 @@ GOOD = (
     b"\t3.139211\t0\t0\tS0\t-\t-\t0\tS\t3\t180\t0\t0\t-"
 )
 
+GOOD_JSON = json.dumps(
+    {
+        name: float(value) if name in zeek.NUMERIC_FIELDS else value
+        for name, value in zip(zeek.CONN_FIELDS, GOOD.decode().split("\t"), strict=True)
+        if value != "-"
+    }
+)
+
 
 def _variant(uid: bytes, **changes: bytes) -> bytes:
     fields = GOOD.split(b"\t")
@@ -325,6 +333,55 @@ def test_time_formatter_matches_datetime():
         '"2018-12-21T14:50:16.962094Z"',
     )
     assert formatter("garbage") == ("null", "null")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (-62135596800.0, ("-62135596800.0", '"0001-01-01T00:00:00.000000Z"')),
+        (
+            "-62135596800.000000",
+            ("-62135596800.000000", '"0001-01-01T00:00:00.000000Z"'),
+        ),
+        ("-0.500000", ("-0.500000", '"1969-12-31T23:59:59.500000Z"')),
+        (
+            "253402300799.999999",
+            ("253402300799.999999", '"9999-12-31T23:59:59.999999Z"'),
+        ),
+        (253402300799.99997, ("253402300799.99997", '"9999-12-31T23:59:59.999969Z"')),
+        (-62135596800.5, ("-62135596800.5", "null")),
+        (253402300800.0, ("253402300800.0", "null")),
+        ("253402300800.000000", ("253402300800.000000", "null")),
+        (1e20, ("1e+20", "null")),
+        ("1e20", ("1e+20", "null")),
+        ("01.000000", ("1.0", '"1970-01-01T00:00:01.000000Z"')),
+    ],
+)
+def test_time_formatter_year_range(raw, expected):
+    assert _TimeFormatter()(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("iso", "ts"),
+    [
+        ("9999-12-31T23:59:59.999999999Z", "253402300799.999999"),
+        ("0001-01-01T00:00:00Z", "-62135596800.000000"),
+        ("1969-12-31T23:59:59.25", "-0.750000"),
+        ("2018-12-21T15:50:16.962094+01:00", "1545403816.962094"),
+        ("0001-01-01T00:00:00+01:00", "-62135600400.000000"),
+    ],
+)
+def test_json_iso_ts_kept_exact(iso, ts):
+    record = json.loads(GOOD_JSON)
+    record["ts"] = iso
+    recorder = Recorder()
+
+    flows = recorder.parser(log_format="json").parse(
+        _chunk([json.dumps(record).encode()])
+    )
+
+    assert recorder.bad == []
+    assert flows.columns["ts"] == [ts]
 
 
 def test_alert_lines_are_json(tmp_path):

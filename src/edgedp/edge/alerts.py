@@ -3,7 +3,7 @@
 Each line describes one flow:
 
 - `ts` (Zeek's epoch seconds of the connection start) and `time` (the same
-  instant in ISO 8601, UTC);
+  instant in ISO 8601, UTC, or null outside the years 1 to 9999);
 - `uid`, `id.orig_h`, `id.orig_p`, `id.resp_h`, `id.resp_p`, `proto`,
   named as in Zeek, so that alerts join back to conn.log on `uid`;
 - `alert`: true when the model flags the flow (always true without `--all`);
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import sys
-import time
+from datetime import datetime, timedelta
 from json.encoder import encode_basestring_ascii as _quote  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, TextIO
@@ -52,37 +52,35 @@ def _string(value: str | None) -> str:
     return _quote(value)
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
 class _TimeFormatter:
     """Format a flow's `ts` as the JSON values of `ts` and `time`.
 
-    `time` is ISO 8601 UTC with microseconds. Zeek writes `ts` as seconds
-    with six decimals, and such text is already a JSON number whose
-    decimals are the microseconds, so it is used as it is. Other values go
-    through `float`, with microseconds rounded half to even as
-    `datetime.fromtimestamp` rounds them. The date and time of day are
-    cached per whole second, since the flows of a batch share few seconds.
+    `time` is ISO 8601 UTC with microseconds, or null when the instant is
+    outside the years 1 to 9999 (`datetime`'s range), where ISO 8601 needs
+    a year with other than four digits. Text of the form `[-]digits.dddddd`
+    is already a JSON number: Zeek writes `ts` that way, and the JSON reader
+    turns ISO 8601 times into it. Such text is used as it is, and `time` is
+    computed from its digits exactly. Other values go through `float`, with
+    microseconds rounded half to even as `datetime.fromtimestamp` rounds
+    them, except that rounding never carries a time out of year 9999. The
+    date and time of day are cached per whole second, since the flows of a
+    batch share few seconds.
     """
 
     def __init__(self) -> None:
-        self._seconds: dict[int, str] = {}
+        self._seconds: dict[int, str | None] = {}
 
     def __call__(self, raw: Any) -> tuple[str, str]:
         """Return the JSON values of `ts` and `time` for one `ts` column value."""
         if isinstance(raw, str):
             raw = raw.rpartition("\n")[2]
-            head, dot, tail = raw.partition(".")
-            if (
-                len(tail) == 6
-                and head.isascii()
-                and head.isdigit()
-                and tail.isascii()
-                and tail.isdigit()
-                and head[0] != "0"
-            ):
-                prefix = self._prefix(int(head))
-                if prefix is None:
-                    return raw, "null"
-                return raw, f'"{prefix}.{tail}Z"'
+            micros = _exact_microseconds(raw)
+            if micros is not None:
+                whole, micro = divmod(micros, 1_000_000)
+                return raw, self._time(whole, micro)
 
         ts = flow_time(raw)
         if ts is None:
@@ -90,23 +88,53 @@ class _TimeFormatter:
         whole = math.floor(ts)
         micro = round((ts - whole) * 1e6)
         if micro == 1_000_000:
-            whole, micro = whole + 1, 0
+            if self._prefix(whole + 1) is None:
+                micro = 999_999
+            else:
+                whole, micro = whole + 1, 0
+        return repr(ts), self._time(whole, micro)
+
+    def _time(self, whole: int, micro: int) -> str:
         prefix = self._prefix(whole)
         if prefix is None:
-            return repr(ts), "null"
-        return repr(ts), f'"{prefix}.{micro:06d}Z"'
+            return "null"
+        return f'"{prefix}.{micro:06d}Z"'
 
     def _prefix(self, whole: int) -> str | None:
-        prefix = self._seconds.get(whole)
-        if prefix is None:
-            try:
-                prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-            except (OverflowError, OSError, ValueError):
-                return None
-            if len(self._seconds) >= 4096:
-                self._seconds.clear()
-            self._seconds[whole] = prefix
+        """Return `YYYY-MM-DDTHH:MM:SS` for epoch second `whole`, or None."""
+        if whole in self._seconds:
+            return self._seconds[whole]
+        try:
+            # isoformat() pads the year to four digits, as ISO 8601 requires.
+            prefix: str | None = (_EPOCH + timedelta(seconds=whole)).isoformat()
+        except OverflowError:
+            prefix = None
+        if len(self._seconds) >= 4096:
+            self._seconds.clear()
+        self._seconds[whole] = prefix
         return prefix
+
+
+def _exact_microseconds(text: str) -> int | None:
+    """Return `[-]digits.dddddd` text as whole microseconds, or None.
+
+    Other text returns None, including leading zeros such as `01.000000`,
+    which JSON does not allow in a number.
+    """
+    negative = text.startswith("-")
+    digits = text[1:] if negative else text
+    head, _, tail = digits.partition(".")
+    if not (
+        len(tail) == 6
+        and head.isascii()
+        and head.isdigit()
+        and tail.isascii()
+        and tail.isdigit()
+        and (head[0] != "0" or head == "0")
+    ):
+        return None
+    micros = int(head) * 1_000_000 + int(tail)
+    return -micros if negative else micros
 
 
 def open_alert_file(path: Path) -> TextIO:

@@ -45,7 +45,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -767,19 +767,31 @@ def _json_value(name: str, value: Any, numeric: bool) -> Any:
     raise ValueError(f"{name} has type {type(value).__name__}, expected a string")
 
 
-def _iso_time(value: str) -> float | None:
-    """Return an ISO 8601 `ts` as epoch seconds, or None if it is invalid.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
-    A naive time is taken as UTC. An invalid `ts` does not skip the flow,
-    because `ts` is not a feature. Its alert gets `"ts": null`, as in TSV.
+
+def _iso_time(value: str) -> str | None:
+    """Return an ISO 8601 `ts` as epoch seconds text, or None if it is invalid.
+
+    The text has six decimals, as Zeek writes `ts`, and is computed in whole
+    microseconds, because a float would round `9999-12-31T23:59:59.999999`
+    up into year 10000. Digits after the microseconds are truncated (by
+    `datetime.fromisoformat`). A naive time is taken as UTC. An invalid `ts`
+    does not skip the flow, because `ts` is not a feature. Its alert gets
+    `"ts": null`, as in TSV.
     """
     try:
         moment = datetime.fromisoformat(value)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return moment.timestamp()
-    except (ValueError, OverflowError):
+    except ValueError:
         return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+
+    micros = (moment - _EPOCH) // _MICROSECOND
+    sign = "-" if micros < 0 else ""
+    whole, micro = divmod(abs(micros), 1_000_000)
+    return f"{sign}{whole}.{micro:06d}"
 
 
 def _is_decimal(value: str) -> bool:
