@@ -641,6 +641,16 @@ def _write_json_log(iot23, path, count: int, timestamps: dict[int, object]) -> N
     path.write_text("\n".join(lines) + "\n")
 
 
+def _detail_parser(details: list[tuple[int, str, str]]) -> LineParser:
+    """Return a parser that appends `(line, reason, detail)` for each bad line."""
+    return LineParser(
+        FIELDS,
+        on_bad_line=lambda reason, source, line, detail: details.append(
+            (line, reason, detail)
+        ),
+    )
+
+
 def test_wrong_ts_type_skipped_by_both_readers(iot23, tmp_path):
     expected = {
         1: "ts is an object, expected a number or an ISO 8601 string",
@@ -659,12 +669,7 @@ def test_wrong_ts_type_skipped_by_both_readers(iot23, tmp_path):
     }
     _write_json_log(iot23, path, 8, timestamps)
     details: list[tuple[int, str, str]] = []
-    parser = LineParser(
-        FIELDS,
-        on_bad_line=lambda reason, source, line, detail: details.append(
-            (line, reason, detail)
-        ),
-    )
+    parser = _detail_parser(details)
 
     flows = _parse_file(parser, path)
     (inspected,) = inspect_logs([path])
@@ -682,3 +687,63 @@ def test_wrong_ts_type_skipped_by_both_readers(iot23, tmp_path):
     assert records["ts"][1] == pytest.approx(1545403816.5, abs=1e-6)
     assert flow_time(flows.columns["ts"][0]) == records["ts"][0]
     assert flow_time(flows.columns["ts"][1]) == records["ts"][1]
+
+
+def test_underscore_numbers_rejected_by_both_readers(iot23, tmp_path):
+    source = iot23 / "zeek/CTU-Honeypot-Capture-4-1.conn.log.labeled"
+    header, data = _split_zeek_lines(source.read_bytes())
+    duration = zeek.LABELED_CONN_FIELDS.index("duration")
+    damaged = {3: b"1_000", 50: b"2_5.0", 200: b"1e1_0"}
+    for row, value in damaged.items():
+        fields = data[row].split(b"\t")
+        fields[duration] = value
+        data[row] = b"\t".join(fields)
+    path = tmp_path / "underscores.conn.log"
+    path.write_bytes(b"\n".join(header + data) + b"\n")
+    lines = [len(header) + row + 1 for row in damaged]
+    details: list[tuple[int, str, str]] = []
+    parser = _detail_parser(details)
+
+    flows = _parse_file(parser, path)
+    (inspected,) = inspect_logs([path])
+
+    assert len(flows) == len(data) - len(damaged)
+    assert details == [
+        (line, "bad_number", f"unparsable number in duration={value.decode()!r}")
+        for line, value in zip(lines, damaged.values(), strict=True)
+    ]
+    assert dict(inspected.skipped.counts) == {"unparsable number in duration": 3}
+    assert inspected.skipped.examples == [
+        f"underscores.conn.log:{line}: unparsable number in duration" for line in lines
+    ]
+
+
+def _split_zeek_lines(text: bytes) -> tuple[list[bytes], list[bytes]]:
+    """Return the leading directive lines and the data lines of a Zeek log."""
+    lines = [line for line in text.split(b"\n") if line]
+    count = next(i for i, line in enumerate(lines) if not line.startswith(b"#"))
+    data = [line for line in lines[count:] if not line.startswith(b"#")]
+    return lines[:count], data
+
+
+def test_underscore_json_ts_is_unparsable(iot23, tmp_path):
+    path = tmp_path / "conn.json"
+    _write_json_log(iot23, path, 4, {2: "1_540_469_302", 3: "1545403816.962094"})
+    recorder = Recorder()
+
+    flows = _parse_file(recorder.parser(), path)
+    (inspected,) = inspect_logs([path])
+    alerts = tmp_path / "alerts.jsonl"
+    writer = _writer(alerts)
+    writer.write(flows, _flagged(len(flows)))
+    writer.close()
+    written = [json.loads(line) for line in alerts.read_text().splitlines()]
+
+    assert recorder.bad == []
+    assert flow_time(flows.columns["ts"][1]) is None
+    assert [alert["ts"] for alert in written][1:3] == [None, 1545403816.962094]
+    assert [alert["time"] for alert in written][1] is None
+    assert inspected.skipped.examples == [
+        "conn.json:2: unparsable timestamp in ts: '1_540_469_302'"
+    ]
+    assert inspected.rows_read == 3

@@ -121,3 +121,17 @@ def test_parse_number():
 )
 def test_canonical_field(raw, expected):
     assert zeek.canonical_field(raw) == expected
+
+
+@pytest.mark.parametrize("value", ["1_000", "1_540_469_302.5", "1e1_0", " 1_0 "])
+def test_parse_number_rejects_underscores(value):
+    with pytest.raises(ValueError, match="could not convert"):
+        zeek.parse_number(value)
+    with pytest.raises(ValueError, match="could not convert"):
+        zeek.parse_float(value)
+
+
+def test_parse_float_keeps_float_rules():
+    assert zeek.parse_float(" 1.5e3 ") == 1500.0
+    assert zeek.parse_float(7) == 7.0
+    assert zeek.parse_float("inf") == float("inf")

@@ -257,6 +257,23 @@ def is_missing(value: str | None, header: Header | None = None) -> bool:
     return value in (header.unset_field, header.empty_field)
 
 
+def parse_float(value: str | float) -> float:
+    """Parse a number as `float` does, but reject digit-group underscores.
+
+    Python's `float` reads `1_000` as 1000. Zeek never writes underscores in
+    a number, so such text is rejected like any other unparsable number.
+    `nan`, `inf` and values that overflow to infinity are returned as they
+    are; the caller decides whether they are allowed.
+
+    Raises:
+        ValueError: `float` rejects the value, or it is text with an
+            underscore.
+    """
+    if isinstance(value, str) and "_" in value:
+        raise ValueError(f"could not convert string to float: {value!r}")
+    return float(value)
+
+
 def json_ts_type_problem(value: object) -> str | None:
     """Return why a JSON `ts` value has the wrong type, or None if it may fit.
 
@@ -281,11 +298,12 @@ def parse_number(value: str | None, header: Header | None = None) -> float | Non
     Returns None for a missing value (see `is_missing`).
 
     Raises:
-        ValueError: the value is present but not a finite decimal number.
+        ValueError: the value is present but not a finite decimal number,
+            or it contains an underscore (see `parse_float`).
     """
     if is_missing(value, header):
         return None
-    number = float(value)  # type: ignore[arg-type]
+    number = parse_float(value)  # type: ignore[arg-type]
     if not math.isfinite(number):
         raise ValueError(f"{value!r} is not a finite number")
     return number

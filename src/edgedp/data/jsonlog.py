@@ -102,7 +102,7 @@ def _text(value: Any) -> str | None:
 
 def _is_number(text: str) -> bool:
     try:
-        float(text)
+        zeek.parse_float(text)
     except ValueError:
         return False
     return True

@@ -157,7 +157,7 @@ def _recheck(raw: pl.DataFrame, markers: list[str], skips: SkipLog) -> pl.DataFr
 def _number_problem(value: str) -> str:
     """Name what is wrong with a number that `zeek.parse_number` rejected."""
     try:
-        float(value)
+        zeek.parse_float(value)
     except ValueError:
         return "unparsable number"
     return "not a finite number"  # nan, inf, or too large, such as 1e400

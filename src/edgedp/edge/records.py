@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -161,7 +162,7 @@ def flow_time(value: Any) -> float | None:
     if isinstance(value, str):
         value = value.rpartition("\n")[2]
     try:
-        number = float(value)
+        number = zeek.parse_float(value)
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
@@ -557,7 +558,13 @@ class LineParser:
         if not markers <= MISSING_MARKERS:
             for name in self.string_fields:
                 raw[name] = [None if value in markers else value for value in raw[name]]
-        return self._columns(chunk, raw, numbers, MISSING_MARKERS | markers)
+        return self._columns(
+            chunk,
+            raw,
+            numbers,
+            MISSING_MARKERS | markers,
+            underscores=_may_contain_underscore_number(text),
+        )
 
     def _split_rows(
         self, chunk: Chunk, text: str, numbers: np.ndarray, layout: _Layout
@@ -593,13 +600,19 @@ class LineParser:
         raw: dict[str, list[Any]],
         numbers: np.ndarray,
         missing: frozenset[str] | set[str],
+        *,
+        underscores: bool,
     ) -> FlowColumns | None:
-        """Convert numeric fields to float; drop rows with bad numbers."""
+        """Convert numeric fields to float; drop rows with bad numbers.
+
+        `underscores` is true when the chunk text may contain a number with
+        an underscore (see `_to_float`).
+        """
         parsed: dict[str, Any] = {}
         bad: dict[int, list[str]] = {}
         for name in self.numeric_fields:
             rows: set[int] = set()
-            parsed[name] = _to_float(raw[name], missing, rows)
+            parsed[name] = _to_float(raw[name], missing, rows, underscores)
             for index in rows:
                 bad.setdefault(index, []).append(name)
 
@@ -670,7 +683,13 @@ class LineParser:
                 raw[name].append(value)
         if not keep:
             return None
-        return self._columns(chunk, raw, numbers[keep], MISSING_MARKERS)
+        return self._columns(
+            chunk,
+            raw,
+            numbers[keep],
+            MISSING_MARKERS,
+            underscores=_may_contain_underscore_number(text),
+        )
 
 
 @dataclass(frozen=True)
@@ -794,9 +813,22 @@ def _iso_time(value: str) -> str | None:
     return f"{sign}{whole}.{micro:06d}"
 
 
+_UNDERSCORE_DIGIT = re.compile(r"_[0-9]")
+
+
+def _may_contain_underscore_number(text: str) -> bool:
+    """Return False when `text` contains no number that `float` reads with `_`.
+
+    `float` accepts an underscore only between digits. Zeek's field names,
+    such as `orig_bytes` in JSON, have no underscore before a digit, so a
+    conn log chunk normally returns False after one or two fast scans.
+    """
+    return "_" in text and _UNDERSCORE_DIGIT.search(text) is not None
+
+
 def _is_decimal(value: str) -> bool:
     try:
-        float(value)
+        zeek.parse_float(value)
     except ValueError:
         return False
     return True
@@ -805,23 +837,29 @@ def _is_decimal(value: str) -> bool:
 def _number_problem(name: str, value: Any) -> str:
     """Describe a numeric field that `_to_float` rejected, as prepare does."""
     try:
-        float(value)
+        zeek.parse_float(value)
     except (TypeError, ValueError):
         return f"unparsable number in {name}={value!r}"
     return f"not a finite number in {name}={value!r}"
 
 
 def _to_float(
-    values: Sequence[Any], missing: frozenset[str] | set[str], bad: set[int]
+    values: Sequence[Any],
+    missing: frozenset[str] | set[str],
+    bad: set[int],
+    underscores: bool = False,
 ) -> np.ndarray:
     """Parse a numeric column to float64, NaN when unset.
 
     Rows whose value is not a finite number are added to `bad`. A column of
     few distinct values (ports, counts) parses each distinct value once.
+    Other columns go through `float` in one pass, which reads `1_000` as
+    1000, so the caller sets `underscores` when the text may contain such a
+    number, and then every distinct value goes through `zeek.parse_float`.
     """
     count = len(values)
     distinct = set(values)
-    if 4 * len(distinct) > count:
+    if 4 * len(distinct) > count and not underscores:
         try:
             numbers = np.array(list(map(float, values)), dtype=np.float64)
         except (TypeError, ValueError):
@@ -837,7 +875,7 @@ def _to_float(
     invalid = set()
     for value in distinct - missing:
         try:
-            number = float(value)  # type: ignore[arg-type]
+            number = zeek.parse_float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             number = math.nan
         if math.isfinite(number):
