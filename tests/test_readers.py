@@ -912,3 +912,21 @@ def test_no_rows_message_leaves_out_header_rows(tmp_path, iot23):
     assert report.skipped.total == 4
     assert "all 3 data lines were skipped" in message
     assert "'wrong field count: expected 23, found 22' (3 lines)" in message
+
+
+def test_unset_or_empty_ts_skipped(tmp_path, honeypot_lines):
+    header, data = honeypot_lines[:8], honeypot_lines[8:14]
+    damaged = list(data)
+    for row, value in ((1, b"-"), (3, b"")):
+        damaged[row] = value + data[row][data[row].index(b"\t") :]
+    path = tmp_path / "nots.conn.log"
+    path.write_bytes(b"\n".join(header + damaged) + b"\n")
+
+    report, frame = read(path)
+
+    assert report.rows_read == 4
+    assert report.skipped.examples == [
+        "nots.conn.log:10: missing ts",
+        "nots.conn.log:12: missing ts",
+    ]
+    assert frame["ts"].null_count() == 0

@@ -743,7 +743,38 @@ def test_underscore_json_ts_is_unparsable(iot23, tmp_path):
     assert flow_time(flows.columns["ts"][1]) is None
     assert [alert["ts"] for alert in written][1:3] == [None, 1545403816.962094]
     assert [alert["time"] for alert in written][1] is None
-    assert inspected.skipped.examples == [
-        "conn.json:2: unparsable timestamp in ts: '1_540_469_302'"
-    ]
+    assert inspected.skipped.examples == ["conn.json:2: unparsable timestamp in ts"]
     assert inspected.rows_read == 3
+
+
+def test_huge_json_integers_skipped_not_fatal(iot23, tmp_path):
+    path = tmp_path / "conn.json"
+    _write_json_log(iot23, path, 6, {2: 10**400})
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[2]["orig_bytes"] = "HUGE"
+    records[3]["orig_bytes"] = "LONG"
+    text = "\n".join(json.dumps(record) for record in records) + "\n"
+    path.write_text(
+        text.replace('"HUGE"', "1" + "0" * 400).replace('"LONG"', "1" + "0" * 5000)
+    )
+    details: list[tuple[int, str, str]] = []
+    parser = _detail_parser(details)
+
+    flows = _parse_file(parser, path)
+    (inspected,) = inspect_logs([path])
+    details.sort()
+
+    assert [(line, reason) for line, reason, _ in details] == [
+        (3, "bad_number"),
+        (4, "bad_json"),
+    ]
+    assert details[0][2].startswith("not a finite number in orig_bytes=10000")
+    assert len(details[0][2]) < 80
+    assert details[1][2] == "an integer with too many digits to read"
+    assert list(flows.lines) == [1, 2, 5, 6]
+    assert flow_time(flows.columns["ts"][1]) is None
+    assert inspected.skipped.examples == [
+        "conn.json:2: not a finite number in ts",
+        "conn.json:3: not a finite number in orig_bytes",
+        "conn.json:4: invalid JSON: an integer with too many digits to read",
+    ]

@@ -23,6 +23,7 @@ instead of the separator, in `#fields`, in `#types` and on every data line.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable
@@ -263,7 +264,8 @@ def parse_float(value: str | float) -> float:
     Python's `float` reads `1_000` as 1000. Zeek never writes underscores in
     a number, so such text is rejected like any other unparsable number.
     `nan`, `inf` and values that overflow to infinity are returned as they
-    are; the caller decides whether they are allowed.
+    are, an integer too large for a float (from JSON) as infinity of its
+    sign. The caller decides whether they are allowed.
 
     Raises:
         ValueError: `float` rejects the value, or it is text with an
@@ -271,7 +273,23 @@ def parse_float(value: str | float) -> float:
     """
     if isinstance(value, str) and "_" in value:
         raise ValueError(f"could not convert string to float: {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf  # type: ignore[operator]
+
+
+def json_error_text(error: ValueError) -> str:
+    """Describe why `json.loads` rejected a line, without Python's advice.
+
+    Python refuses integers of more than 4300 digits (`sys.int_info`) with
+    a message that suggests changing an interpreter limit.
+    """
+    if isinstance(error, json.JSONDecodeError):
+        return error.msg
+    if "digits" in str(error):
+        return "an integer with too many digits to read"
+    return str(error)
 
 
 def json_ts_type_problem(value: object) -> str | None:

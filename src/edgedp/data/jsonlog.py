@@ -57,8 +57,8 @@ def _parse_line(raw: bytes, line: int, skips: SkipLog) -> dict[str, str | None] 
     except UnicodeDecodeError:
         skips.add(line, "invalid UTF-8")
         return None
-    except json.JSONDecodeError as error:
-        skips.add(line, f"invalid JSON: {error.msg}")
+    except ValueError as error:
+        skips.add(line, f"invalid JSON: {zeek.json_error_text(error)}")
         return None
     if not isinstance(value, dict):
         skips.add(line, "not a JSON object")
@@ -74,7 +74,7 @@ def _parse_line(raw: bytes, line: int, skips: SkipLog) -> dict[str, str | None] 
         try:
             row["ts"] = repr(_iso_to_epoch(ts))
         except ValueError:
-            skips.add(line, f"unparsable timestamp in ts: {ts[:40]!r}")
+            skips.add(line, "unparsable timestamp in ts")
             return None
     return row
 

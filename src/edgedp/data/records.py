@@ -108,7 +108,7 @@ def to_records(
         ],
         (
             suspect
-            | pl.col("ts").is_null()
+            | number("ts").is_null()
             | pl.col("uid").is_null()
             | is_marker("uid")
         ).alias(_BAD),

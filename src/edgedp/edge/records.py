@@ -675,7 +675,10 @@ class LineParser:
                 ]
             except ValueError as error:
                 self._on_bad_line(
-                    "bad_json", chunk.source, int(numbers[index]), str(error)
+                    "bad_json",
+                    chunk.source,
+                    int(numbers[index]),
+                    zeek.json_error_text(error),
                 )
                 continue
             keep.append(index)
@@ -835,12 +838,17 @@ def _is_decimal(value: str) -> bool:
 
 
 def _number_problem(name: str, value: Any) -> str:
-    """Describe a numeric field that `_to_float` rejected, as prepare does."""
+    """Describe a numeric field that `_to_float` rejected, as prepare does.
+
+    The value is shown up to 40 characters, because JSON allows numbers of
+    any length.
+    """
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     try:
         zeek.parse_float(value)
     except (TypeError, ValueError):
-        return f"unparsable number in {name}={value!r}"
-    return f"not a finite number in {name}={value!r}"
+        return f"unparsable number in {name}={shown}"
+    return f"not a finite number in {name}={shown}"
 
 
 def _to_float(
@@ -862,7 +870,7 @@ def _to_float(
     if 4 * len(distinct) > count and not underscores:
         try:
             numbers = np.array(list(map(float, values)), dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             pass
         else:
             if not np.isfinite(numbers).all():
