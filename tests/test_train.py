@@ -182,6 +182,11 @@ def test_existing_bundle_rejected_first(prepared_iot23, tmp_path):
         ({"epsilon": -2.0}, TrainingError, "positive"),
         ({"epsilon": 1.0, "delta": 1e-3}, PrivacyConfigError, "below 1/N"),
         ({"delta": 1.5}, TrainingError, r"in \(0, 1\)"),
+        (
+            {"epsilon": 1.0, "delta": 9.99999999999e-11},
+            TrainingError,
+            "at least 1e-10, got 9.99999999999e-11",
+        ),
         ({"epsilon": 1.0, "max_grad_norm": 0.0}, TrainingError, "clipping norm"),
         ({"epsilon": 1.0, "batch_size": 10**6}, PrivacyConfigError, "smaller batch"),
         ({"epsilon": 0.005}, PrivacyConfigError, "larger epsilon"),

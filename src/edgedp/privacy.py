@@ -145,11 +145,7 @@ class DPSettings:
         if not 0 < self.target_delta < 1 / self.rows:
             raise DeltaError(self.target_delta, self.rows, self.population)
         if self.target_delta < MIN_DELTA:
-            raise PrivacyConfigError(
-                f"delta must be at least {MIN_DELTA:g}, got {self.target_delta:g}: "
-                "below that the PRV accountant's floating-point error exceeds "
-                f"delta; use {MIN_DELTA:g} or more"
-            )
+            raise PrivacyConfigError(min_delta_message(self.target_delta))
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
             raise PrivacyConfigError(
                 f"the clipping norm (max grad norm) must be positive, got "
@@ -173,6 +169,15 @@ class DPSettings:
     def steps(self) -> int:
         """Planned optimizer steps: `epochs * round(1 / q)`."""
         return self.epochs * round(1 / self.sample_rate)
+
+
+def min_delta_message(delta: float) -> str:
+    """Return the error message for a delta below `MIN_DELTA`."""
+    return (
+        f"delta must be at least {MIN_DELTA:g}, got {delta!r}: at smaller deltas "
+        "Opacus's PRV accountant runs for minutes, overstates epsilon or fails "
+        f"on floating-point error; use {MIN_DELTA:g} or more"
+    )
 
 
 def epsilon_limit_message(epsilon: float) -> str:

@@ -100,7 +100,11 @@ class TrainSettings:
     secure_randomness: bool = False
 
     def __post_init__(self) -> None:
-        from edgedp.privacy import CLIPPING_MODES, epsilon_limit_message
+        from edgedp.privacy import (
+            CLIPPING_MODES,
+            epsilon_limit_message,
+            min_delta_message,
+        )
 
         if self.model not in MODEL_CHOICES:
             raise TrainingError(
@@ -135,6 +139,8 @@ class TrainSettings:
                 f"delta must be in (0, 1), got {self.delta}; the usual choice "
                 "is well below 1 / training rows, such as 1e-5"
             )
+        if self.epsilon is not None and self.delta < config.MIN_DELTA:
+            raise TrainingError(min_delta_message(self.delta))
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
             raise TrainingError(
                 f"the clipping norm (max grad norm) must be positive, "
