@@ -326,7 +326,7 @@ def test_header_only_file_in_folder(iot23, tmp_path, kind):
 def test_header_only_file_named_alone(iot23, tmp_path, kind):
     empty = _write_header_only(iot23, tmp_path, kind)
 
-    with pytest.raises(PrepareError, match=r"no flow of the classes .* \(0 flows"):
+    with pytest.raises(PrepareError, match="the input files have no data rows"):
         prepare_dataset([empty], tmp_path / "out")
 
     assert sorted(p.name for p in tmp_path.iterdir()) == [empty.name]

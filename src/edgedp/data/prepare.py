@@ -536,6 +536,11 @@ def _write_splits(
     keys = _read_keys(part_files, excluded, len(reports))
     if not keys.part_first.any():
         read = sum(report.rows_read for report in reports)
+        if not read:
+            raise PrepareError(
+                "the input files have no data rows, only headers or skipped "
+                "lines; give flow logs that contain flows"
+            )
         raise PrepareError(
             f"no flow of the classes {', '.join(classes)} in the input "
             f"({read} flows read); check --classes and --map, or the input files"
