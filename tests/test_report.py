@@ -18,6 +18,7 @@ from edgedp.report.collect import (
     _metric_rows,
     collect_data,
     collect_efficiency,
+    collect_epochs,
     collect_privacy,
     grid_cells,
     privacy_label,
@@ -226,12 +227,21 @@ def test_classifier_section_flags_other_setup():
     capped = {"classes": ["Benign", "DDoS", "C&C"], "max_rows_per_class": 2000}
     study = {"classes": list(config.STUDY_CLASSES)}
 
-    flagged = " ".join("\n".join(_classifier_section([], capped)).split())
-    plain = "\n".join(_classifier_section([], study))
+    epochs = collect_epochs(
+        [
+            {"training": {"kind": "classifier", "epochs": 3}},
+            {"training": {"kind": "autoencoder", "epochs": 25}},
+        ]
+    )
+
+    flagged = " ".join("\n".join(_classifier_section([], capped, epochs)).split())
+    plain = "\n".join(_classifier_section([], study, {"classifier": [15]}))
 
     assert "This run differs from the study's setup" in flagged
     assert "3 classes (Benign, DDoS, C&C) instead of the study's 6" in flagged
     assert "at most 2,000 flows per class" in flagged
+    assert "the classifier trained for 3 epochs instead of the study's 15" in flagged
+    assert "autoencoder trained" not in flagged
     assert "differs from the study's setup" not in plain
 
 

@@ -444,6 +444,7 @@ def collect(files: RunFiles) -> dict[str, Any]:
     return {
         "run": {"folder": str(files.folder.resolve()), **collect_run(files.state)},
         "data": collect_data(files.dataset),
+        "epochs": collect_epochs(manifests),
         "classifier": _metric_rows(
             manifests, "classifier", CLASSIFIER_METRICS, _classifier_value
         ),
@@ -457,8 +458,27 @@ def collect(files: RunFiles) -> dict[str, Any]:
     }
 
 
-def differences_from_study(data: dict[str, Any]) -> list[str]:
-    """Return how the run's data differs from the study's six classes in full."""
+def collect_epochs(manifests: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Return the epochs each model kind trained for, over all bundles."""
+    epochs: dict[str, set[int]] = {}
+    for manifest in manifests:
+        training = manifest.get("training", {})
+        if "kind" in training and "epochs" in training:
+            epochs.setdefault(training["kind"], set()).add(training["epochs"])
+    return {kind: sorted(values) for kind, values in sorted(epochs.items())}
+
+
+# Epochs of the study's models, which edgedp's defaults follow.
+_STUDY_EPOCHS = {
+    "classifier": config.CLASSIFIER_EPOCHS,
+    "autoencoder": config.AUTOENCODER_EPOCHS,
+}
+
+
+def differences_from_study(
+    data: dict[str, Any], epochs: dict[str, list[int]] | None = None
+) -> list[str]:
+    """Return how the run differs from the study: classes, row limits, epochs."""
     differences = []
     classes = list(data.get("classes", []))
     if classes != list(config.STUDY_CLASSES):
@@ -470,4 +490,11 @@ def differences_from_study(data: dict[str, Any]) -> list[str]:
         differences.append(f"at most {data['max_rows_per_file']:,} rows per file")
     if data.get("max_rows_per_class"):
         differences.append(f"at most {data['max_rows_per_class']:,} flows per class")
+    for kind, values in (epochs or {}).items():
+        study = _STUDY_EPOCHS.get(kind)
+        if study is not None and values != [study]:
+            shown = ", ".join(str(value) for value in values)
+            differences.append(
+                f"the {kind} trained for {shown} epochs instead of the study's {study}"
+            )
     return differences

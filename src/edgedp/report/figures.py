@@ -218,7 +218,10 @@ def draw_privacy_utility(report: dict[str, Any], path: Path) -> bool:
             points = [(levels.index(k), v) for k, v in study.items() if k in levels]
             # The study's F1 is for its six classes with every row, so it is
             # drawn only beside a run with the same classes and no row limit.
-            if points and not differences_from_study(report.get("data", {})):
+            differences = differences_from_study(
+                report.get("data", {}), report.get("epochs")
+            )
+            if points and not differences:
                 axis.scatter(
                     *zip(*points, strict=True),
                     marker="x",

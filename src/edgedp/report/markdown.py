@@ -226,7 +226,11 @@ def _split_text(split: dict[str, Any] | None) -> str:
     return f"`{split['method']}` ({fractions}, seed {split['seed']})"
 
 
-def _classifier_section(rows: list[dict[str, Any]], data: dict[str, Any]) -> list[str]:
+def _classifier_section(
+    rows: list[dict[str, Any]],
+    data: dict[str, Any],
+    epochs: dict[str, list[int]] | None = None,
+) -> list[str]:
     lines = [
         "## 2. Classifier",
         "",
@@ -235,7 +239,7 @@ def _classifier_section(rows: list[dict[str, Any]], data: dict[str, Any]) -> lis
         "precision, recall and F1 are averaged.",
         "",
     ]
-    differences = differences_from_study(data)
+    differences = differences_from_study(data, epochs)
     if differences:
         lines += [
             "**This run differs from the study's setup** ("
@@ -616,7 +620,9 @@ def render(report: dict[str, Any]) -> str:
     ]
     lines += _run_section(report)
     lines += _data_section(report["data"])
-    lines += _classifier_section(report["classifier"], report["data"])
+    lines += _classifier_section(
+        report["classifier"], report["data"], report.get("epochs")
+    )
     lines += _autoencoder_section(report["autoencoder"])
     lines += _efficiency_section(report["efficiency"])
     lines += _privacy_section(report["privacy"])
