@@ -778,3 +778,29 @@ def test_huge_json_integers_skipped_not_fatal(iot23, tmp_path):
         "conn.json:3: not a finite number in orig_bytes",
         "conn.json:4: invalid JSON: an integer with too many digits to read",
     ]
+
+
+def test_wrong_number_type_skipped_by_both_readers(iot23, tmp_path):
+    path = tmp_path / "conn.json"
+    _write_json_log(iot23, path, 6, {})
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[1]["duration"] = [1]
+    records[2]["duration"] = {"a": 1}
+    records[3]["orig_bytes"] = True
+    path.write_text("\n".join(json.dumps(record) for record in records) + "\n")
+    expected = {
+        2: "duration is a list, expected a number",
+        3: "duration is an object, expected a number",
+        4: "orig_bytes is a bool, expected a number",
+    }
+    details: list[tuple[int, str, str]] = []
+    parser = _detail_parser(details)
+
+    flows = _parse_file(parser, path)
+    (inspected,) = inspect_logs([path])
+
+    assert details == [(line, "bad_json", reason) for line, reason in expected.items()]
+    assert list(flows.lines) == [1, 5, 6]
+    assert inspected.skipped.examples == [
+        f"conn.json:{line}: {reason}" for line, reason in expected.items()
+    ]

@@ -292,12 +292,13 @@ def json_error_text(error: ValueError) -> str:
     return str(error)
 
 
-def json_ts_type_problem(value: object) -> str | None:
-    """Return why a JSON `ts` value has the wrong type, or None if it may fit.
+def json_type_problem(name: str, value: object) -> str | None:
+    """Return why a JSON value of `ts` or a numeric field has the wrong type.
 
-    A number or a string may be a time, so both return None and are parsed
-    later. A list, a bool or an object is never a time. A list with one
-    number is not unwrapped, so every reader skips such a line alike.
+    Returns None for a value that may fit: a number or a string, which is
+    parsed later, or null. A list, a bool or an object is never a number or
+    a time. A list with one number is not unwrapped, so every reader skips
+    such a line alike.
     """
     if isinstance(value, bool):
         kind = "a bool"
@@ -307,7 +308,8 @@ def json_ts_type_problem(value: object) -> str | None:
         kind = "an object"
     else:
         return None
-    return f"ts is {kind}, expected a number or an ISO 8601 string"
+    expected = "a number or an ISO 8601 string" if name == "ts" else "a number"
+    return f"{name} is {kind}, expected {expected}"
 
 
 def parse_number(value: str | None, header: Header | None = None) -> float | None:

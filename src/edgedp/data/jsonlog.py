@@ -63,12 +63,18 @@ def _parse_line(raw: bytes, line: int, skips: SkipLog) -> dict[str, str | None] 
     if not isinstance(value, dict):
         skips.add(line, "not a JSON object")
         return None
-    problem = zeek.json_ts_type_problem(value.get("ts"))
-    if problem is not None:
-        skips.add(line, problem)
-        return None
+    items = list(_flatten(value))
+    # An object value of a numeric field is flattened into dotted keys, so
+    # it is looked for among the top-level keys.
+    for key, item in [*value.items(), *items]:
+        name = zeek.canonical_field(key)
+        if name in zeek.NUMERIC_FIELDS:
+            problem = zeek.json_type_problem(name, item)
+            if problem is not None:
+                skips.add(line, problem)
+                return None
 
-    row = {zeek.canonical_field(key): _text(item) for key, item in _flatten(value)}
+    row = {zeek.canonical_field(key): _text(item) for key, item in items}
     ts = row.get("ts")
     if ts is not None and not _is_number(ts):
         try:

@@ -770,8 +770,8 @@ def _json_value(name: str, value: Any, numeric: bool) -> Any:
     """Return a JSON field as a number (numeric fields) or a string."""
     if value is None:
         return None
-    if name == "ts":
-        problem = zeek.json_ts_type_problem(value)
+    if numeric:
+        problem = zeek.json_type_problem(name, value)
         if problem is not None:
             raise ValueError(problem)
     if isinstance(value, bool):
