@@ -123,7 +123,9 @@ def test_canonical_field(raw, expected):
     assert zeek.canonical_field(raw) == expected
 
 
-@pytest.mark.parametrize("value", ["1_000", "1_540_469_302.5", "1e1_0", " 1_0 "])
+@pytest.mark.parametrize(
+    "value", ["1_000", "1_540_469_302.5", "1e1_0", " 1_0 ", "\u0661\u0662"]
+)
 def test_parse_number_rejects_underscores(value):
     with pytest.raises(ValueError, match="could not convert"):
         zeek.parse_number(value)

@@ -259,19 +259,20 @@ def is_missing(value: str | None, header: Header | None = None) -> bool:
 
 
 def parse_float(value: str | float) -> float:
-    """Parse a number as `float` does, but reject digit-group underscores.
+    """Parse a number as `float` does, but reject underscores and non-ASCII.
 
-    Python's `float` reads `1_000` as 1000. Zeek never writes underscores in
-    a number, so such text is rejected like any other unparsable number.
+    Python's `float` reads `1_000` as 1000 and Arabic-Indic digits as their
+    values. Zeek writes neither, so such text is rejected like any other
+    unparsable number.
     `nan`, `inf` and values that overflow to infinity are returned as they
     are, an integer too large for a float (from JSON) as infinity of its
     sign. The caller decides whether they are allowed.
 
     Raises:
         ValueError: `float` rejects the value, or it is text with an
-            underscore.
+            underscore or a non-ASCII character.
     """
-    if isinstance(value, str) and "_" in value:
+    if isinstance(value, str) and ("_" in value or not value.isascii()):
         raise ValueError(f"could not convert string to float: {value!r}")
     try:
         return float(value)

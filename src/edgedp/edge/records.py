@@ -820,12 +820,15 @@ _UNDERSCORE_DIGIT = re.compile(r"_[0-9]")
 
 
 def _may_contain_underscore_number(text: str) -> bool:
-    """Return False when `text` contains no number that `float` reads with `_`.
+    """Return False when `text` has no number that `float` reads but Zeek never writes.
 
-    `float` accepts an underscore only between digits. Zeek's field names,
-    such as `orig_bytes` in JSON, have no underscore before a digit, so a
-    conn log chunk normally returns False after one or two fast scans.
+    Such numbers have an underscore between digits or non-ASCII digits, such
+    as Arabic-Indic ones. Zeek's field names, such as `orig_bytes` in JSON,
+    have no underscore before a digit, so an ASCII conn log chunk normally
+    returns False after two or three fast scans.
     """
+    if not text.isascii():
+        return True
     return "_" in text and _UNDERSCORE_DIGIT.search(text) is not None
 
 
