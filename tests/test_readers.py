@@ -930,3 +930,18 @@ def test_unset_or_empty_ts_skipped(tmp_path, honeypot_lines):
         "nots.conn.log:12: missing ts",
     ]
     assert frame["ts"].null_count() == 0
+
+
+def test_header_row_with_other_separator_rejected(tmp_path, iot23):
+    source = iot23 / "csv" / "CTU-IoT-Malware-Capture-44-1.labeled.csv"
+    header, *rows = source.read_text().splitlines()
+    second = [line.replace(",", ";") for line in [header, *rows[50:]]]
+    path = tmp_path / "joined.csv"
+    path.write_text("\n".join([header, *rows[:50], *second]) + "\n")
+
+    with pytest.raises(FlowLogError) as caught:
+        read(path)
+
+    message = str(caught.value)
+    assert f"{path}:52 is a header row separated by ';'" in message
+    assert "split the file before line 52" in message

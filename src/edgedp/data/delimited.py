@@ -198,6 +198,7 @@ def _drop_header_rows(
             name.lower() for name in sources.split_header_row(text, header.separator)
         ]
         if "ts" not in names or "uid" not in names:
+            _check_other_separator(path, line, text, header.separator)
             continue
         if names != expected:
             raise FlowLogError(_changed_header_message(path, line, names, expected))
@@ -206,6 +207,31 @@ def _drop_header_rows(
     if not repeated:
         return lines
     return lines.filter(~pl.col(records.LINE).is_in(repeated))
+
+
+_EXPORT_SEPARATORS = (",", ";", "\t")
+
+
+def _check_other_separator(path: Path, line: int, text: str, separator: str) -> None:
+    """Reject a header row that another separator than the file's splits.
+
+    Such a row starts a joined export written with another separator, whose
+    lines would all be skipped for their field count.
+
+    Raises:
+        FlowLogError: `text` is a header row when split on another separator.
+    """
+    for other in _EXPORT_SEPARATORS:
+        if other == separator or other not in text:
+            continue
+        names = [name.lower() for name in sources.split_header_row(text, other)]
+        if "ts" in names and "uid" in names:
+            raise FlowLogError(
+                f"{path}:{line} is a header row separated by {other!r}, while the "
+                f"file's first header row uses {separator!r}, as when two exports "
+                "are joined into one file. edgedp reads one separator per file, "
+                f"so split the file before line {line} and pass both parts"
+            )
 
 
 def _changed_header_message(
