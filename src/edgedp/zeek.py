@@ -313,6 +313,20 @@ def json_type_problem(name: str, value: object) -> str | None:
     return f"{name} is {kind}, expected {expected}"
 
 
+def number_problem(value: object) -> str:
+    """Name what is wrong with a number that `parse_number` rejected.
+
+    Returns `unparsable number` for text that `parse_float` rejects, and
+    `not a finite number` for nan, inf and values too large for a float,
+    such as 1e400.
+    """
+    try:
+        parse_float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "unparsable number"
+    return "not a finite number"
+
+
 def parse_number(value: str | None, header: Header | None = None) -> float | None:
     """Parse a Zeek time, port, interval or count field.
 

@@ -227,10 +227,12 @@ def _check_other_separator(path: Path, line: int, text: str, separator: str) -> 
         names = [name.lower() for name in sources.split_header_row(text, other)]
         if "ts" in names and "uid" in names:
             raise FlowLogError(
-                f"{path}:{line} is a header row separated by {other!r}, while the "
-                f"file's first header row uses {separator!r}, as when two exports "
-                "are joined into one file. edgedp reads one separator per file, "
-                f"so split the file before line {line} and pass both parts"
+                _joined_export_message(
+                    f"{path}:{line} is a header row separated by {other!r}, while "
+                    f"the file's first header row uses {separator!r}",
+                    line,
+                    "separator",
+                )
             )
 
 
@@ -256,10 +258,15 @@ def _changed_header_message(
             f"header row's (column {position + 1} is {names[position]} instead "
             f"of {expected[position]})"
         )
+    return _joined_export_message(difference, line, "column order")
+
+
+def _joined_export_message(difference: str, line: int, kind: str) -> str:
+    """Return the error for a header row at `line` that starts another export."""
     return (
         f"{difference}, as when two exports are joined into one file. edgedp "
-        "reads one column order per file, so split the file before line "
-        f"{line} and pass both parts"
+        f"reads one {kind} per file, so split the file before line {line} and "
+        "pass both parts"
     )
 
 

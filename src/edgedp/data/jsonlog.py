@@ -63,18 +63,16 @@ def _parse_line(raw: bytes, line: int, skips: SkipLog) -> dict[str, str | None] 
     if not isinstance(value, dict):
         skips.add(line, "not a JSON object")
         return None
-    items = list(_flatten(value))
-    # An object value of a numeric field is flattened into dotted keys, so
-    # it is looked for among the top-level keys.
-    for key, item in [*value.items(), *items]:
+    row: dict[str, str | None] = {}
+    for key, item in _flatten(value):
         name = zeek.canonical_field(key)
         if name in zeek.NUMERIC_FIELDS:
             problem = zeek.json_type_problem(name, item)
             if problem is not None:
                 skips.add(line, problem)
                 return None
+        row[name] = _text(item)
 
-    row = {zeek.canonical_field(key): _text(item) for key, item in items}
     ts = row.get("ts")
     if ts is not None and not _is_number(ts):
         try:
@@ -86,11 +84,15 @@ def _parse_line(raw: bytes, line: int, skips: SkipLog) -> dict[str, str | None] 
 
 
 def _flatten(value: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield dotted keys and values, keeping an object in a numeric field whole."""
     for key, item in value.items():
-        if isinstance(item, dict):
-            yield from _flatten(item, f"{prefix}{key}.")
+        path = f"{prefix}{key}"
+        if isinstance(item, dict) and zeek.canonical_field(path) not in (
+            zeek.NUMERIC_FIELDS
+        ):
+            yield from _flatten(item, f"{path}.")
         else:
-            yield f"{prefix}{key}", item
+            yield path, item
 
 
 def _text(value: Any) -> str | None:

@@ -138,7 +138,7 @@ def _recheck(raw: pl.DataFrame, markers: list[str], skips: SkipLog) -> pl.DataFr
             try:
                 row[name] = zeek.parse_number(value)
             except ValueError:
-                reason = f"{_number_problem(value)} in {name}"
+                reason = f"{zeek.number_problem(value)} in {name}"
                 break
         uid = (row["uid"] or "").strip()
         if reason is None and (row["ts"] is None or uid in markers):
@@ -152,15 +152,6 @@ def _recheck(raw: pl.DataFrame, markers: list[str], skips: SkipLog) -> pl.DataFr
     frame = pl.DataFrame(good, schema=strings) if good else raw.clear()
     numeric = [pl.col(n).cast(pl.Float64) for n in zeek.NUMERIC_FIELDS]
     return to_records_strict(frame.with_columns(numeric), markers)
-
-
-def _number_problem(value: str) -> str:
-    """Name what is wrong with a number that `zeek.parse_number` rejected."""
-    try:
-        zeek.parse_float(value)
-    except ValueError:
-        return "unparsable number"
-    return "not a finite number"  # nan, inf, or too large, such as 1e400
 
 
 def to_records_strict(frame: pl.DataFrame, markers: list[str]) -> pl.DataFrame:

@@ -563,7 +563,7 @@ class LineParser:
             raw,
             numbers,
             MISSING_MARKERS | markers,
-            underscores=_may_contain_underscore_number(text),
+            unusual_numbers=_may_contain_unusual_number(text),
         )
 
     def _split_rows(
@@ -601,18 +601,18 @@ class LineParser:
         numbers: np.ndarray,
         missing: frozenset[str] | set[str],
         *,
-        underscores: bool,
+        unusual_numbers: bool,
     ) -> FlowColumns | None:
-        """Convert numeric fields to float; drop rows with bad numbers.
+        """Convert numeric fields to float, and drop rows with bad numbers.
 
-        `underscores` is true when the chunk text may contain a number with
-        an underscore (see `_to_float`).
+        `unusual_numbers` is true when the chunk text may contain a number
+        with an underscore or non-ASCII digits (see `_to_float`).
         """
         parsed: dict[str, Any] = {}
         bad: dict[int, list[str]] = {}
         for name in self.numeric_fields:
             rows: set[int] = set()
-            parsed[name] = _to_float(raw[name], missing, rows, underscores)
+            parsed[name] = _to_float(raw[name], missing, rows, unusual_numbers)
             for index in rows:
                 bad.setdefault(index, []).append(name)
 
@@ -691,7 +691,7 @@ class LineParser:
             raw,
             numbers[keep],
             MISSING_MARKERS,
-            underscores=_may_contain_underscore_number(text),
+            unusual_numbers=_may_contain_unusual_number(text),
         )
 
 
@@ -819,7 +819,7 @@ def _iso_time(value: str) -> str | None:
 _UNDERSCORE_DIGIT = re.compile(r"_[0-9]")
 
 
-def _may_contain_underscore_number(text: str) -> bool:
+def _may_contain_unusual_number(text: str) -> bool:
     """Return False when `text` has no number that `float` reads but Zeek never writes.
 
     Such numbers have an underscore between digits or non-ASCII digits, such
@@ -843,34 +843,33 @@ def _is_decimal(value: str) -> bool:
 def _number_problem(name: str, value: Any) -> str:
     """Describe a numeric field that `_to_float` rejected, as prepare does.
 
-    The value is shown up to 40 characters, because JSON allows numbers of
-    any length.
+    The value is cut to 40 characters, because JSON allows numbers of any
+    length.
     """
-    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-    try:
-        zeek.parse_float(value)
-    except (TypeError, ValueError):
-        return f"unparsable number in {name}={shown}"
-    return f"not a finite number in {name}={shown}"
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{zeek.number_problem(value)} in {name}={text}"
 
 
 def _to_float(
     values: Sequence[Any],
     missing: frozenset[str] | set[str],
     bad: set[int],
-    underscores: bool = False,
+    unusual_numbers: bool = False,
 ) -> np.ndarray:
     """Parse a numeric column to float64, NaN when unset.
 
     Rows whose value is not a finite number are added to `bad`. A column of
     few distinct values (ports, counts) parses each distinct value once.
     Other columns go through `float` in one pass, which reads `1_000` as
-    1000, so the caller sets `underscores` when the text may contain such a
-    number, and then every distinct value goes through `zeek.parse_float`.
+    1000, so the caller sets `unusual_numbers` when the text may contain such
+    a number (`_may_contain_unusual_number`), and then every distinct value
+    goes through `zeek.parse_float`.
     """
     count = len(values)
     distinct = set(values)
-    if 4 * len(distinct) > count and not underscores:
+    if 4 * len(distinct) > count and not unusual_numbers:
         try:
             numbers = np.array(list(map(float, values)), dtype=np.float64)
         except (TypeError, ValueError, OverflowError):
