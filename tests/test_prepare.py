@@ -254,7 +254,7 @@ def test_class_cap_keeps_every_class(iot23, tmp_path):
     assert sum(entry["rows_over_class_cap"] for entry in manifest["inputs"]) == 58907
     for name in SPLITS:
         assert list(capped.split(name).uids) == list(again.split(name).uids)
-    # The first rows of each file hold only three of the classes.
+    # The first rows of the files contain only three of the classes.
     assert first_rows.classes == ["Benign", "DDoS", "C&C"]
 
 

@@ -195,8 +195,8 @@ def _precision_errors(delta: float) -> Iterator[None]:
     """Turn the PRV accountant's precision error into a `PrivacyConfigError`.
 
     The PRV accountant stops when its domain size times the float precision
-    exceeds delta. `MIN_DELTA` keeps clear of that for usual settings, but
-    hundreds of thousands of steps can still reach it.
+    exceeds delta. `MIN_DELTA` avoided that on the settings that were tried,
+    but a run of very many steps may still reach it.
     """
     try:
         yield

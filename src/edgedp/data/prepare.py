@@ -94,7 +94,7 @@ def prepare_dataset(
         seed: seed of the split.
         overwrite: replace an existing `out`.
         max_rows_per_file: read at most this many flows from each file.
-            The first rows of a file often hold one class only.
+            The first rows of a file often contain one class only.
         max_rows_per_class: keep at most this many flows of each class, a
             seeded random choice among all the files' flows (after dropping
             duplicates), for a quick trial run that still has every class.

@@ -493,8 +493,9 @@ def differences_from_study(
     for kind, values in (epochs or {}).items():
         study = _STUDY_EPOCHS.get(kind)
         if study is not None and values != [study]:
-            shown = ", ".join(str(value) for value in values)
+            trained = ", ".join(str(value) for value in values)
             differences.append(
-                f"the {kind} trained for {shown} epochs instead of the study's {study}"
+                f"the {kind} trained for {trained} epochs instead of the study's "
+                f"{study}"
             )
     return differences
