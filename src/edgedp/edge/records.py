@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -318,7 +319,8 @@ class LineParser:
             ones the encoder and alerts need.
         log_format: `tsv`, `json`, or `auto` to choose per file from its first
             line (`{` means JSON).
-        on_bad_line: receives every skipped line.
+        on_bad_line: receives every skipped line, in line order within a
+            chunk.
         on_absurd_value: receives every impossible value that is kept.
         on_notice: receives messages about the input as a whole, such as a
             header without a needed field.
@@ -345,7 +347,8 @@ class LineParser:
             f for f in self.fields if f not in self.numeric_fields
         )
         self.log_format = log_format
-        self._on_bad_line = on_bad_line or _ignore
+        self._report_bad_line = on_bad_line or _ignore
+        self._pending_bad_lines: list[tuple[str, str, int, str]] = []
         self._on_absurd_value = on_absurd_value or _ignore
         self._on_notice = on_notice or _ignore
         self._generation: int | None = None
@@ -358,7 +361,23 @@ class LineParser:
         (see `foreign_format`), else None."""
 
     def parse(self, chunk: Chunk) -> FlowColumns:
-        """Return the flows of a chunk; bad lines are reported and skipped."""
+        """Return the flows of a chunk; bad lines are reported and skipped.
+
+        The checks run in several passes over the chunk (JSON syntax, field
+        counts, then numbers), so the bad lines are collected and reported in line
+        order when the chunk is done.
+        """
+        try:
+            return self._parse(chunk)
+        finally:
+            pending, self._pending_bad_lines = self._pending_bad_lines, []
+            for bad_line in sorted(pending, key=itemgetter(2)):
+                self._report_bad_line(*bad_line)
+
+    def _on_bad_line(self, reason: str, source: str, line: int, detail: str) -> None:
+        self._pending_bad_lines.append((reason, source, line, detail))
+
+    def _parse(self, chunk: Chunk) -> FlowColumns:
         if chunk.generation != self._generation:
             self._generation = chunk.generation
             self._format = None if self.log_format == AUTO else self.log_format
