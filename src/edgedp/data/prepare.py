@@ -6,10 +6,11 @@ the per-flow keys rather than by the logs:
 1. Every input file is read block by block. Each block's flows get a class
    (or none, for flows of other labels), and those with a class are encoded
    by `edgedp.features.encode` and written to a Parquet part file. The keys
-   of the others are kept in memory.
-2. The keys of all flows read (`uid`, `ts`, class, input file, line) are
-   loaded to drop repeated flows and to assign splits. The part files are
-   then read one at a time and their rows appended to the split files.
+   of all flows are kept in memory in a compact form
+   (`edgedp.data.flowkeys`, about 20 bytes per flow).
+2. The keys find the repeated flows, and the first occurrences get their
+   splits. The part files are then read one at a time and their rows
+   appended to the split files.
 
 Every flow read is counted once, by the first of these rules that applies:
 
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ import pyarrow.parquet as pq
 
 import edgedp
 from edgedp import atomic, config, features, zeek
-from edgedp.data import labels, readers, records, sources, splits
+from edgedp.data import labels, readers, sources, splits
+from edgedp.data.flowkeys import FlowKeys, KeyLog
 from edgedp.data.sources import FlowLogError
 from edgedp.dataset import (
     LABEL_COLUMN,
@@ -58,8 +59,6 @@ from edgedp.experiment import MAX_SEED
 log = logging.getLogger(__name__)
 
 _PARTS = ".parts"
-_FILE = "_file"
-_LINE = "_line"
 
 
 class PrepareError(ValueError):
@@ -136,14 +135,15 @@ def prepare_dataset(
         parts = folder / _PARTS
         parts.mkdir()
         reports: list[readers.FileReport] = []
-        excluded: list[pl.DataFrame] = []
+        key_log = KeyLog(len(classes))
         part_files: list[Path] = []
         for report in opened:
             try:
-                written, dropped = _encode_file(
+                written = _encode_file(
                     report,
                     len(reports),
                     parts,
+                    key_log,
                     feature_set=feature_set,
                     classes=classes,
                     mapping=mapping,
@@ -160,7 +160,6 @@ def prepare_dataset(
                 continue
             reports.append(report)
             part_files += written
-            excluded += dropped
         if not reports:
             raise PrepareError(
                 "none of the input files could be read as a flow log; "
@@ -170,7 +169,7 @@ def prepare_dataset(
         manifest = _write_splits(
             folder,
             part_files,
-            excluded,
+            key_log.flow_keys(len(reports)),
             reports,
             classes=classes,
             split=split,
@@ -267,24 +266,25 @@ def _encode_file(
     report: readers.FileReport,
     file_index: int,
     parts: Path,
+    key_log: KeyLog,
     *,
     feature_set: str,
     classes: list[str],
     mapping: dict[str, str],
     max_rows: int | None,
     chunk_bytes: int,
-) -> tuple[list[Path], list[pl.DataFrame]]:
-    """Encode one input file into part files.
+) -> list[Path]:
+    """Encode one input file into part files and add its keys to `key_log`.
 
-    Returns the part files and the keys of the flows without a class. A
-    file that fails while it is read leaves no part file behind.
+    Returns the part files. A file that fails while it is read leaves no
+    part file and no key behind.
 
     Raises:
         FlowLogError: the file is damaged, or every data line was skipped.
         PrepareError: the file has data rows but no labels.
     """
     written: list[Path] = []
-    excluded: list[pl.DataFrame] = []
+    mark = key_log.blocks
     frames = readers.read_flows(
         report.path,
         report=report,
@@ -302,13 +302,8 @@ def _encode_file(
                 pl.col(labels.SOURCE_CLASS)
                 .replace_strict(lookup, default=None, return_dtype=pl.Int64)
                 .alias(LABEL_INDEX_COLUMN),
-                pl.lit(file_index, dtype=pl.Int32).alias(_FILE),
-                pl.col(records.LINE).alias(_LINE),
             )
-            dropped = frame.filter(pl.col(LABEL_INDEX_COLUMN).is_null())
-            excluded.append(
-                dropped.select("uid", "ts", labels.SOURCE_CLASS, _FILE, _LINE)
-            )
+            key_log.add(frame, file_index)
             kept = frame.filter(pl.col(LABEL_INDEX_COLUMN).is_not_null())
             if not kept.height:
                 continue
@@ -323,6 +318,7 @@ def _encode_file(
         if message is not None:
             raise FlowLogError(message)
     except FlowLogError:
+        key_log.discard_from(mark)
         for part in written:
             part.unlink()
         raise
@@ -341,7 +337,7 @@ def _encode_file(
         report.rows_read,
         report.skipped.total,
     )
-    return written, excluded
+    return written
 
 
 def record_fields(feature_set: str) -> tuple[str, ...]:
@@ -445,8 +441,6 @@ def _part_table(
             np.asarray(classes, dtype=object)[label_index], pa.string()
         ),
         LABEL_INDEX_COLUMN: pa.array(label_index, pa.int64()),
-        _FILE: frame.get_column(_FILE).to_arrow(),
-        _LINE: frame.get_column(_LINE).to_arrow(),
     }
     for position, name in enumerate(names):
         # Contiguous in a column-major array, so Arrow wraps it without a copy.
@@ -454,77 +448,10 @@ def _part_table(
     return pa.table(columns)
 
 
-@dataclass(frozen=True)
-class _FlowKeys:
-    """First occurrences among the flows read, and counts of the others.
-
-    The `part_*` arrays have one entry per row of the part files, in order.
-    The `*_by_file` arrays are indexed by input file.
-    """
-
-    part_first: np.ndarray
-    """True for a part row whose flow was not read before (in any file)."""
-    part_labels: np.ndarray
-    part_files: np.ndarray
-    duplicates_by_file: np.ndarray
-    excluded_by_file: np.ndarray
-    excluded_by_label: dict[str, int]
-
-
-def _read_keys(
-    part_files: list[Path], excluded: list[pl.DataFrame], file_count: int
-) -> _FlowKeys:
-    """Find the first occurrence of every flow (`uid`, `ts`) in reading order.
-
-    The keys of the part rows and of the flows without a class are merged
-    in the order they were read: by input file, then by line. So a flow read
-    again is a duplicate whether or not its label has a class.
-    """
-    frames = list(excluded)
-    if part_files:
-        columns = ["uid", "ts", LABEL_INDEX_COLUMN, _FILE, _LINE]
-        frames.append(pl.read_parquet(part_files, columns=columns))
-    if not frames:
-        # No input file had a data row.
-        frames.append(
-            pl.DataFrame(
-                schema={
-                    "uid": pl.String,
-                    "ts": pl.Float64,
-                    _FILE: pl.Int32,
-                    _LINE: pl.Int64,
-                }
-            )
-        )
-    keys = pl.concat(frames, how="diagonal").sort(_FILE, _LINE)
-    if LABEL_INDEX_COLUMN not in keys.columns:
-        keys = keys.with_columns(pl.lit(None, pl.Int64).alias(LABEL_INDEX_COLUMN))
-    if labels.SOURCE_CLASS not in keys.columns:
-        keys = keys.with_columns(pl.lit(None, pl.String).alias(labels.SOURCE_CLASS))
-
-    first = keys.select(pl.struct("uid", "ts").is_first_distinct()).to_series()
-    has_class = keys.get_column(LABEL_INDEX_COLUMN).is_not_null()
-    first_excluded = keys.filter(first & ~has_class)
-    by_label = first_excluded.get_column(labels.SOURCE_CLASS).value_counts(sort=True)
-
-    parts = keys.filter(has_class)
-    duplicates = keys.filter(~first).get_column(_FILE).to_numpy()
-    return _FlowKeys(
-        part_first=first.filter(has_class).to_numpy(),
-        part_labels=parts.get_column(LABEL_INDEX_COLUMN).to_numpy(),
-        part_files=parts.get_column(_FILE).to_numpy(),
-        duplicates_by_file=np.bincount(duplicates, minlength=file_count),
-        excluded_by_file=np.bincount(
-            first_excluded.get_column(_FILE).to_numpy(), minlength=file_count
-        ),
-        excluded_by_label={str(k): int(n) for k, n in by_label.iter_rows()},
-    )
-
-
 def _write_splits(
     folder: Path,
     part_files: list[Path],
-    excluded: list[pl.DataFrame],
+    keys: FlowKeys,
     reports: list[readers.FileReport],
     *,
     classes: list[str],
@@ -533,7 +460,6 @@ def _write_splits(
     max_rows_per_class: int | None,
 ) -> dict[str, Any]:
     """Drop repeated flows, cap the classes, assign splits and write the files."""
-    keys = _read_keys(part_files, excluded, len(reports))
     if not keys.part_first.any():
         read = sum(report.rows_read for report in reports)
         if not read:
@@ -647,7 +573,7 @@ _ROW_COUNTS = {
 
 def _input_entries(
     reports: list[readers.FileReport],
-    keys: _FlowKeys,
+    keys: FlowKeys,
     chosen: np.ndarray,
     new_index: np.ndarray,
     split_of_file: dict[str, str],
@@ -700,7 +626,7 @@ def _copy_rows(
             rows_split = split_of_row[start:stop]
             labels_new = new_index[table.column(LABEL_INDEX_COLUMN).to_numpy()]
             start = stop
-            table = table.drop_columns([_FILE, _LINE]).set_column(
+            table = table.set_column(
                 table.schema.get_field_index(LABEL_INDEX_COLUMN),
                 LABEL_INDEX_COLUMN,
                 pa.array(labels_new, pa.int64()),
