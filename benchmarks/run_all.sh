@@ -51,6 +51,8 @@ step() {
 step study /usr/bin/time -v edgedp run --data "$data" --out "$out/study"
 step prepare python "$here/bench_prepare.py" --data "$data" --repeats 5
 step memory python "$here/bench_memory.py" --data "$data" --repeats 3
+step memory-large python "$here/bench_memory.py" --data "$data" --repeats 3 \
+    --rows 4000000
 step train python "$here/bench_train.py" --data "$out/study/dataset" --repeats 5
 step inference python "$here/bench_inference.py" --data "$out/study/dataset" \
     --work "$out/inference" --out "$out/bench-inference.json"
