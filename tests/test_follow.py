@@ -108,6 +108,7 @@ def test_follow_rotation_truncation_partial(tmp_path):
         log,
         follow=True,
         poll_interval=0.005,
+        rotation_wait=0.05,
         on_event=lambda kind, message: events.append(kind),
     )
     script = [
@@ -376,6 +377,55 @@ def test_folder_continues_after_corrupt_gzip(iot23, tmp_path):
         ("conn.2.log", 3, b"2.0"),
     ]
     assert [kind for kind, _ in events] == ["corrupt_file", "partial_dropped"]
+
+
+def _rotate_in_create_mode(log: Path, handle) -> None:
+    """Rotate as logrotate's create mode does, with a writer that reopens late.
+
+    The log is renamed and an empty one is created. The writer then appends
+    to the renamed file through its open handle before it moves to the new
+    log.
+    """
+    os.rename(log, log.with_name("conn.log.1"))
+    log.write_bytes(b"")
+    time.sleep(0.1)
+    handle.write(b"2\n3")
+    time.sleep(0.1)
+    handle.write(b"\n")
+    handle.close()
+    with open(log, "ab") as new_log:
+        new_log.write(b"#fields\ta\n4\n")
+
+
+def test_rotation_keeps_lines_written_after_rename(tmp_path):
+    log = tmp_path / "conn.log"
+    log.write_bytes(b"#fields\ta\n1\n")
+    events: list[str] = []
+    source = FileSource(
+        log,
+        follow=True,
+        poll_interval=0.005,
+        rotation_wait=0.5,
+        on_event=lambda kind, message: events.append(kind),
+    )
+    handle = open(log, "ab", buffering=0)
+    first = _drain(source, until=lambda lines: len(lines) >= 2)
+    writer = threading.Thread(target=_rotate_in_create_mode, args=(log, handle))
+
+    writer.start()
+    rest = _drain(source, until=lambda lines: len(lines) >= 4, limit=5.0)
+    writer.join()
+    source.close()
+
+    assert [line for *_, line in first + rest] == [
+        b"#fields\ta",
+        b"1",
+        b"2",
+        b"3",
+        b"#fields\ta",
+        b"4",
+    ]
+    assert events == ["rotated"]
 
 
 def test_rotation_drops_unfinished_line(iot23, tmp_path):

@@ -43,6 +43,9 @@ hundred bytes, so 64 KiB leaves room for long `tunnel_parents` sets."""
 DEFAULT_POLL_INTERVAL = 0.01
 """Seconds between checks of a followed file that has no new data."""
 
+DEFAULT_ROTATION_WAIT = 1.0
+"""Seconds a renamed log must stay unchanged before the new one is opened."""
+
 
 @dataclass
 class Chunk:
@@ -212,9 +215,11 @@ class FileSource(_SplitterSource):
     and log rotation tools do to a log:
 
     - rotation: the file is renamed and a new one is created at `path`. The
-      renamed file is read to its end, then `path` is reopened. An unfinished
-      last line of the renamed file is dropped and reported through
-      `on_event`.
+      renamed file is read until it has not grown for `rotation_wait`
+      seconds, then `path` is reopened. The wait keeps the lines that a
+      writer appends to the renamed file before it reopens the log, as
+      after a logrotate rotation in `create` mode. An unfinished last line
+      of the renamed file is dropped and reported through `on_event`.
     - truncation: the file shrinks below the read position. Reading restarts
       at offset 0, and a held partial line is dropped and reported through
       `on_event`.
@@ -231,6 +236,8 @@ class FileSource(_SplitterSource):
         follow: keep reading after the end of the data.
         from_end: start at the end of the existing data, after reading the
             leading header lines (`#...`) so that the field layout is known.
+        rotation_wait: seconds without growth of a renamed file before
+            reading moves to the new file at `path`.
         on_event: called with `(kind, message)` for `rotated`, `truncated`,
             `partial_dropped`, `waiting` and `corrupt_file` events. The
             caller counts and logs them. `close` reports a partial line
@@ -250,6 +257,7 @@ class FileSource(_SplitterSource):
         from_end: bool = False,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        rotation_wait: float = DEFAULT_ROTATION_WAIT,
         on_event: Callable[[str, str], None] | None = None,
     ) -> None:
         super().__init__(max_line_bytes, on_event)
@@ -257,6 +265,8 @@ class FileSource(_SplitterSource):
         self.compressed = self.path.suffix == ".gz"
         self.follow = follow and not self.compressed
         self.poll_interval = poll_interval
+        self.rotation_wait = rotation_wait
+        self._unchanged_since: float | None = None
         self._handle: BinaryIO | None = None
         self._position = 0
         self._pending: Chunk | None = None
@@ -329,6 +339,7 @@ class FileSource(_SplitterSource):
             data = self._read_block()
             if not data:
                 return None
+            self._unchanged_since = None
             self._position += len(data)
             chunk = self._chunk(self._splitter.feed(data))
             if chunk is not None:
@@ -377,10 +388,16 @@ class FileSource(_SplitterSource):
             return None
 
         if (at_path.st_ino, at_path.st_dev) != (current.st_ino, current.st_dev):
-            # Zeek may have written more between our last read and the rename.
+            # A writer may have written more since the last read.
             chunk = self._read_available()
             if chunk is not None:
                 return chunk
+            now = time.monotonic()
+            if self._unchanged_since is None:
+                self._unchanged_since = now
+            if now - self._unchanged_since < self.rotation_wait:
+                return None
+            self._unchanged_since = None
             self._drop_unfinished_line(self.path, "that the rotation left unfinished")
             self._handle.close()
             self._handle = None
