@@ -463,3 +463,55 @@ def test_cli_optimize_force_on_read_only_bundle(bundles, read_only_folder):
     assert result.exit_code == 2
     assert f"cannot write {path / MANIFEST_NAME}" in _plain(result.output)
     assert "Traceback" not in result.output
+
+
+# Scores recorded by `edgedp evaluate` and files that `optimize` replaces.
+
+
+def test_optimize_drops_scores_of_replaced_files(bundles):
+    from edgedp.bundle import unmatched_scores
+    from edgedp.evaluate import evaluate_bundle
+
+    path = bundles.copy(bundles.autoencoder, "rescored")
+    for model_format in ("torch", "int8"):
+        evaluate_bundle(path, model_format=model_format)
+    scored = _manifest(path)
+    old_int8 = scored["files"][INT8_MODEL]["sha256"]
+    assert scored["metrics"]["test"]["int8"]["model_sha256"] == old_int8
+    assert scored["metrics"]["test"]["torch"]["model_sha256"] == sha256_file(
+        path / TORCH_WEIGHTS
+    )
+    assert unmatched_scores(scored, "test") == {}
+
+    optimize_bundle(path, calibration="synthetic", calibration_size=50, force=True)
+
+    replaced = _manifest(path)
+    assert replaced["files"][INT8_MODEL]["sha256"] != old_int8
+    assert list(replaced["metrics"]["test"]) == ["torch"]
+    assert unmatched_scores(replaced, "test") == {}
+
+    rescored = evaluate_bundle(path, model_format="int8")
+    assert rescored["model_sha256"] == replaced["files"][INT8_MODEL]["sha256"]
+    assert rescored["model_file"] == INT8_MODEL
+
+
+def test_scores_of_another_file_unmatched(bundles):
+    from edgedp.bundle import unmatched_scores
+
+    manifest = _manifest(bundles.classifier.root)
+    manifest["metrics"] = {
+        "test": {
+            "torch": {"accuracy": 0.9},
+            "fp32": {"accuracy": 0.9, "model_sha256": "0" * 64},
+            "int8": {
+                "accuracy": 0.9,
+                "model_sha256": manifest["files"][INT8_MODEL]["sha256"],
+            },
+        }
+    }
+
+    unmatched = unmatched_scores(manifest, "test")
+
+    assert set(unmatched) == {"torch", "fp32"}
+    assert "record no sha256" in unmatched["torch"]
+    assert "had sha256 000000000000…" in unmatched["fp32"]

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from edgedp import config
-from edgedp.bundle import INT8_MODEL, TORCH_WEIGHTS, create_bundle
+from edgedp.bundle import (
+    INT8_MODEL,
+    TORCH_WEIGHTS,
+    add_files,
+    create_bundle,
+    load_bundle,
+    sha256_file,
+    write_manifest,
+)
 from edgedp.privacy import non_private_ledger
 from edgedp.report import ReportError, write_report
 from edgedp.report.collect import (
@@ -369,3 +377,52 @@ def test_report_rejects_truncated_bundle_file(tmp_path):
     assert f"{model} has sha256" in message
     assert "Rerun the `edgedp run` command" in message
     assert not (tmp_path / "report.md").exists()
+
+
+def _record_scores(folder: Path, scores: dict) -> None:
+    """Write test scores into a bundle's manifest, as `edgedp evaluate` does."""
+    manifest = json.loads((folder / "bundle.json").read_text())
+    manifest["metrics"] = {"test": scores}
+    write_manifest(folder / "bundle.json", manifest)
+
+
+def test_report_rejects_scores_of_replaced_file(tmp_path):
+    folder = _run_with_bundle(tmp_path)
+    old_sha256 = sha256_file(folder / INT8_MODEL)
+    _record_scores(folder, {"int8": {"accuracy": 0.5, "model_sha256": old_sha256}})
+    bundle = load_bundle(folder)
+    add_files(bundle, {INT8_MODEL: lambda path: path.write_bytes(b"new")}, {})
+    _record_scores(folder, {"int8": {"accuracy": 0.5, "model_sha256": old_sha256}})
+
+    with pytest.raises(ReportError) as raised:
+        write_report(tmp_path)
+
+    message = str(raised.value)
+    assert f"{folder} (int8): the scored file had sha256 {old_sha256[:12]}…" in message
+    assert "Rerun the `edgedp run` command" in message
+    assert "edgedp evaluate BUNDLE --format FORMAT" in message
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_report_rejects_scores_without_file_hash(tmp_path):
+    folder = _run_with_bundle(tmp_path)
+    _record_scores(folder, {"torch": {"accuracy": 0.5}})
+
+    with pytest.raises(ReportError, match=r"\(torch\): the scores record no sha256"):
+        read_bundles(tmp_path, None)
+
+
+def test_report_rejects_evaluated_bundle_without_scores(tmp_path):
+    folder = _run_with_bundle(tmp_path)
+    scores = {
+        "torch": {"accuracy": 0.5, "model_sha256": sha256_file(folder / TORCH_WEIGHTS)}
+    }
+    _record_scores(folder, scores)
+    stages = ["train/classifier-plain-seed0", "evaluate/classifier-plain-seed0"]
+
+    (manifest,) = read_bundles(tmp_path, None, stages[:1])
+    with pytest.raises(ReportError) as raised:
+        read_bundles(tmp_path, None, stages)
+
+    assert manifest["metrics"]["test"] == scores
+    assert f"{folder} (fp32, int8): there are no scores" in str(raised.value)

@@ -440,6 +440,53 @@ def test_manual_audit_redoes_membership(quick_run, tmp_path, iot23):
     assert runner._cell_done("membership", cell, "")
 
 
+def test_manual_optimize_redoes_evaluate(quick_run, tmp_path):
+    import shutil
+
+    from edgedp.export import optimize_bundle
+
+    out = tmp_path / "copy"
+    shutil.copytree(quick_run["out"], out, ignore=shutil.ignore_patterns("*.lock"))
+    # Not the first cell of its model, which the bench stage times.
+    cell = "autoencoder-eps1-seed0"
+    bundle = out / "bundles" / cell
+    before = _state(out)["stages"]
+    optimize_bundle(
+        bundle,
+        data=out / "dataset",
+        calibration="synthetic",
+        calibration_size=50,
+        force=True,
+    )
+
+    code, message = _cli_output(["report", str(out)])
+    assert code == 1
+    assert f"{bundle} (fp32, int8): there are no scores" in message
+
+    command = [
+        str(out) if part == str(quick_run["out"]) else part
+        for part in quick_run["command"]
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    after = _state(out)["stages"]
+    assert after[f"evaluate/{cell}"]["key"] != before[f"evaluate/{cell}"]["key"]
+    for stage in ("train", "optimize"):
+        assert after[f"{stage}/{cell}"] == before[f"{stage}/{cell}"], stage
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    int8 = manifest["metrics"]["test"]["int8"]
+    assert int8["model_sha256"] == manifest["files"]["model_int8.tflite"]["sha256"]
+    report = json.loads((out / "report.json").read_text())
+    (row,) = [
+        row
+        for row in report["autoencoder"]
+        if row["format"] == "int8" and row["epsilon"] is not None
+    ]
+    assert row["metrics"]["roc_auc"]["values"] == [int8["roc_auc"]]
+
+
 def _rerun_with_config(quick_run, name: str, text: str) -> subprocess.CompletedProcess:
     """Run the quick run's command again with another experiment file."""
     config = quick_run["config"]

@@ -13,8 +13,10 @@ imports it.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,11 +25,17 @@ from typing import Any
 
 from edgedp import atomic
 
+logger = logging.getLogger(__name__)
+
 BUNDLE_FORMAT = 1
 MANIFEST_NAME = "bundle.json"
 TORCH_WEIGHTS = "model.pt"
 FP32_MODEL = "model_fp32.tflite"
 INT8_MODEL = "model_int8.tflite"
+MODEL_FILES = {"torch": TORCH_WEIGHTS, "fp32": FP32_MODEL, "int8": INT8_MODEL}
+"""The bundle file of each model format."""
+SCORED_FILE_SHA256 = "model_sha256"
+"""Key of a `metrics[split][format]` entry: the sha256 of the file it scored."""
 
 FileWriter = Callable[[Path], None]
 """Writes one bundle file at the path it is given."""
@@ -226,8 +234,10 @@ def add_files(
 
     The order of writes keeps the bundle loadable after a crash at any point.
     New files go to temporary names first. Then the manifest drops the entries
-    that are about to be replaced, the files move into place, and finally the
-    manifest lists them with their new hashes.
+    that are about to be replaced, together with the metrics of the model
+    formats those files hold, the files move into place, and finally the
+    manifest lists them with their new hashes. So no score of a replaced
+    file survives, even when the new file is byte for byte the same.
     """
     root = bundle.root
     staged: dict[str, Path] = {}
@@ -239,6 +249,9 @@ def add_files(
 
         manifest = dict(bundle.manifest)
         kept = {n: e for n, e in manifest.get("files", {}).items() if n not in staged}
+        replaced = [f for f, name in MODEL_FILES.items() if name in staged]
+        if "metrics" in manifest:
+            manifest["metrics"] = _drop_scores(manifest["metrics"], replaced, root)
         write_manifest(root / MANIFEST_NAME, {**manifest, "files": kept})
 
         entries = dict(kept)
@@ -252,3 +265,52 @@ def add_files(
         for temporary in staged.values():
             temporary.unlink(missing_ok=True)
     return Bundle(root=root, manifest=manifest)
+
+
+def _drop_scores(
+    metrics: Mapping[str, Any], formats: list[str], root: Path
+) -> dict[str, Any]:
+    """Return `metrics` without the entries of `formats`, on every split."""
+    kept = copy.deepcopy(dict(metrics))
+    for split, scores in kept.items():
+        dropped = [name for name in formats if scores.pop(name, None) is not None]
+        if dropped:
+            logger.info(
+                "dropped the %s scores of %s in %s: the model files were replaced; "
+                "run `edgedp evaluate` to score the new files",
+                split,
+                ", ".join(dropped),
+                root,
+            )
+    return kept
+
+
+def unmatched_scores(manifest: Mapping[str, Any], split: str) -> dict[str, str]:
+    """Return the formats whose `split` scores are not of the current files.
+
+    A metrics entry names the sha256 of the model file it scored
+    (`SCORED_FILE_SHA256`). An entry written before edgedp recorded that
+    hash, or one whose file has been replaced or removed since, cannot be
+    trusted to describe the file in the bundle.
+
+    Returns:
+        Format name to the reason, as a sentence for an error message.
+    """
+    files = manifest.get("files", {})
+    scores = (manifest.get("metrics") or {}).get(split) or {}
+    unmatched = {}
+    for model_format, entry in scores.items():
+        name = MODEL_FILES.get(model_format)
+        scored = entry.get(SCORED_FILE_SHA256) if isinstance(entry, dict) else None
+        if name is None:
+            continue
+        if name not in files:
+            unmatched[model_format] = "the scored file is no longer in the bundle"
+        elif scored is None:
+            unmatched[model_format] = "the scores record no sha256 of the scored file"
+        elif scored != files[name]["sha256"]:
+            unmatched[model_format] = (
+                f"the scored file had sha256 {scored[:12]}…, the bundle's "
+                f"{name} has {files[name]['sha256'][:12]}…"
+            )
+    return unmatched

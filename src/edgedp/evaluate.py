@@ -3,7 +3,8 @@
 The classifier gets classification metrics over its classes. The autoencoder
 is scored as a benign-versus-malicious detector at the thresholds stored in
 its bundle, with the distribution of its reconstruction error per class.
-Results go into `bundle.json` under `metrics[split][model_format]`.
+Results go into `bundle.json` under `metrics[split][model_format]`, with the
+sha256 of the model file they scored.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import numpy as np
 
 from edgedp import config
 from edgedp.atomic import check_writable
-from edgedp.bundle import TORCH_WEIGHTS, Bundle, add_files, load_bundle
+from edgedp.bundle import (
+    MODEL_FILES,
+    SCORED_FILE_SHA256,
+    TORCH_WEIGHTS,
+    Bundle,
+    add_files,
+    load_bundle,
+)
 from edgedp.dataset import PreparedDataset, Split
 from edgedp.export import is_training_dataset, open_dataset
 from edgedp.metrics import anomaly_metrics, classification_metrics, score_distribution
@@ -224,6 +232,10 @@ def evaluate_bundle(
     )
     result["dataset"] = str(dataset.root.resolve())
     result["rows"] = len(rows)
+    # load_bundle verified this hash against the file that was just scored.
+    model_file = MODEL_FILES[model_format]
+    result["model_file"] = model_file
+    result[SCORED_FILE_SHA256] = bundle.manifest["files"][model_file]["sha256"]
     if other_dataset:
         logger.info(
             "not recording the scores of %s in %s (other dataset)",

@@ -38,6 +38,7 @@ from edgedp.atomic import check_writable
 from edgedp.bundle import (
     FP32_MODEL,
     INT8_MODEL,
+    MODEL_FILES,
     TORCH_WEIGHTS,
     Bundle,
     BundleError,
@@ -114,8 +115,6 @@ int8 input. `quantize_int8` keeps the output tensor float32."""
 
 FEATURE_RANGE = (0.0, 1.0)
 """The feature encoder maps every feature into this closed range."""
-
-_FORMAT_FILES = {"torch": TORCH_WEIGHTS, "fp32": FP32_MODEL, "int8": INT8_MODEL}
 
 
 class CalibrationError(ValueError):
@@ -871,14 +870,14 @@ def _score_formats(
 
     for name, content in (("fp32", fp32_content), ("int8", int8_content)):
         runner = Runner(
-            LiteRTModel(content, name=_FORMAT_FILES[name]),
+            LiteRTModel(content, name=MODEL_FILES[name]),
             kind=kind,
             classes=classes,
             model_format=name,
         )
         outputs = runner.predict(validation.features)
         entry: dict[str, Any] = {
-            "file": _FORMAT_FILES[name],
+            "file": MODEL_FILES[name],
             "bytes": len(content),
             "validation": validation_score(kind, classes, validation.labels, outputs),
             "max_abs_difference_from_torch": float(

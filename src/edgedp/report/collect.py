@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgedp import config
-from edgedp.bundle import MANIFEST_NAME, BundleError, load_bundle
+from edgedp.bundle import MANIFEST_NAME, BundleError, load_bundle, unmatched_scores
 from edgedp.experiment import MODELS, TrainingRun
 from edgedp.metrics import CLASSIFIER_SUMMARY
 from edgedp.report import published
@@ -88,23 +88,43 @@ def grid_cells(experiment: dict[str, Any] | None) -> list[str] | None:
     ]
 
 
-def read_bundles(run_dir: Path, names: list[str] | None) -> list[dict[str, Any]]:
+def read_bundles(
+    run_dir: Path,
+    names: list[str] | None,
+    stages: Iterable[str] = (),
+) -> list[dict[str, Any]]:
     """Return the manifests of the run's bundles, with `name` set to the folder.
 
     With `names`, only those bundles are read (the run's current grid), in
     that order; otherwise every bundle folder, sorted by name. Each bundle's
-    files are checked against the sha256 in its manifest first, so a report
-    never shows the numbers of a damaged bundle.
+    files are checked against the sha256 in its manifest first, and its test
+    scores against the files they scored (`unmatched_scores`), so a report
+    never shows the numbers of a damaged bundle or of a replaced model file.
+
+    Args:
+        run_dir: the run folder.
+        names: the bundle folders of the grid, or None for every folder.
+        stages: the stage ids that `state.json` records as finished, such as
+            `evaluate/classifier-plain-seed0`. A bundle without the test
+            scores of a finished `evaluate` stage is an error.
 
     Raises:
-        ReportError: a bundle file is missing, truncated or altered, or a
-            manifest is not valid JSON.
+        ReportError: a bundle file is missing, truncated or altered, a test
+            score is not of the bundle's current model file, or a manifest
+            is not valid JSON.
     """
     folder = run_dir / layout.BUNDLES
     if names is None:
         paths = sorted(p for p in folder.glob("*") if (p / MANIFEST_NAME).is_file())
     else:
         paths = [folder / name for name in names]
+    finished = set(stages)
+    rerun = (
+        f"Rerun the `edgedp run` command of {run_dir} (same options, same "
+        "--out): it redoes the stages whose outputs are damaged, missing or "
+        "out of date and writes the report again"
+    )
+    problems = []
     manifests = []
     for path in paths:
         if not (path / MANIFEST_NAME).is_file():
@@ -113,14 +133,46 @@ def read_bundles(run_dir: Path, names: list[str] | None) -> list[dict[str, Any]]
         try:
             load_bundle(path, verify=True)
         except BundleError as error:
-            raise ReportError(
-                f"{error}. Rerun the `edgedp run` command of {run_dir} (same "
-                "options, same --out): it redoes the cells whose bundles are "
-                "damaged and writes the report again"
-            ) from error
+            raise ReportError(f"{error}. {rerun}") from error
         manifest["name"] = path.name
         manifests.append(manifest)
+        evaluated = f"evaluate/{path.name}" in finished
+        problems += _score_problems(manifest, path, evaluated)
+
+    if problems:
+        raise ReportError(
+            "the report cannot show these test scores, because they are not "
+            f"known to be of the bundles' current model files: "
+            f"{'; '.join(problems)}. {rerun}, or "
+            "score each listed format again with `edgedp evaluate BUNDLE "
+            "--format FORMAT`"
+        )
     return manifests
+
+
+def _score_problems(manifest: dict[str, Any], path: Path, evaluated: bool) -> list[str]:
+    """List the test scores the report must not show, and the missing ones.
+
+    `evaluated` is true when `state.json` records the bundle's evaluate
+    stage as finished, which scored every format on the test split.
+    """
+    scores = (manifest.get("metrics") or {}).get("test") or {}
+    reasons = dict(unmatched_scores(manifest, "test"))
+    if evaluated:
+        for model_format in MODEL_FORMATS:
+            if model_format not in scores:
+                reasons[model_format] = (
+                    f"there are no scores, though {layout.STATE} records the "
+                    "evaluate stage as done (`edgedp optimize` drops the scores "
+                    "of the files it replaces)"
+                )
+    formats_by_reason: dict[str, list[str]] = {}
+    for model_format, reason in reasons.items():
+        formats_by_reason.setdefault(reason, []).append(model_format)
+    return [
+        f"{path} ({', '.join(formats)}): {reason}"
+        for reason, formats in formats_by_reason.items()
+    ]
 
 
 def _epsilon(manifest: dict[str, Any]) -> float | None:
@@ -434,7 +486,11 @@ def read_run(run_dir: str | Path) -> RunFiles:
     state = read_json(state_path) if state_path.is_file() else None
     bench_path = run_dir / layout.BENCH
     bench = read_json(bench_path) if bench_path.is_file() else None
-    manifests = read_bundles(run_dir, grid_cells((state or {}).get("experiment")))
+    manifests = read_bundles(
+        run_dir,
+        grid_cells((state or {}).get("experiment")),
+        (state or {}).get("stages", {}),
+    )
     return RunFiles(run_dir, dataset, state, bench, manifests)
 
 

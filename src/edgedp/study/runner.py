@@ -45,6 +45,7 @@ from edgedp.bundle import (
     Bundle,
     BundleError,
     load_bundle,
+    unmatched_scores,
 )
 from edgedp.experiment import Experiment, TrainingRun
 from edgedp.study import layout, tasks
@@ -725,8 +726,11 @@ def _has_outputs(stage: str, bundle: Bundle) -> bool:
         )
     if stage == "membership":
         return "membership" in bundle.manifest
+    # A manual `edgedp optimize` drops the scores of the files it replaces,
+    # and scores without a file hash are from an edgedp before the check.
     scored = bundle.manifest.get("metrics", {}).get("test", {})
-    return all(name in scored for name in MODEL_FORMATS)
+    unmatched = unmatched_scores(bundle.manifest, "test")
+    return all(name in scored and name not in unmatched for name in MODEL_FORMATS)
 
 
 def _stop_workers(executor: concurrent.futures.ProcessPoolExecutor) -> None:
