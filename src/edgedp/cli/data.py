@@ -138,7 +138,7 @@ def prepare(
     split: Annotated[
         str,
         typer.Option(
-            help="random: stratified 50/30/20 by flow; capture: whole files per split."
+            help="random: 50/30/20, flow by flow; capture: whole files per split."
         ),
     ] = "random",
     seed: Annotated[

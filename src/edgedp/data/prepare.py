@@ -89,7 +89,7 @@ def prepare_dataset(
         classes: class names, in the order of `label_index`.
         class_mapping: `PATTERN` to class name, applied to source labels
             before matching `classes` (see `edgedp.data.labels`).
-        split: `random` (stratified by class) or `capture` (whole files).
+        split: `random` (each flow by its own draw) or `capture` (whole files).
         seed: seed of the split.
         overwrite: replace an existing `out`.
         max_rows_per_file: read at most this many flows from each file.
@@ -472,18 +472,20 @@ def _write_splits(
             f"({read} flows read); check --classes and --map, or the input files"
         )
     chosen = keys.part_first.copy()
+    first = np.flatnonzero(keys.part_first)
+    split_draws, cap_draws = _flow_draws(part_files, keys.part_first, seed)
     if max_rows_per_class is not None:
-        first = np.flatnonzero(keys.part_first)
         within_cap = splits.cap_classes(
-            keys.part_labels[first], max_rows_per_class, seed
+            keys.part_labels[first], max_rows_per_class, cap_draws
         )
         chosen[first[~within_cap]] = False
+        split_draws = split_draws[within_cap]
     kept_labels = keys.part_labels[chosen]
     kept_files = keys.part_files[chosen]
     fractions = config.SPLIT_FRACTIONS
     split_of_file: dict[str, str] = {}
     if split == splits.RANDOM:
-        assignment = splits.random_split(kept_labels, fractions, seed)
+        assignment = splits.random_split(split_draws, fractions)
     else:
         names = [report.path.name for report in reports]
         try:
@@ -602,6 +604,34 @@ def _input_entries(
             entry["split"] = split_of_file.get(report.path.name)
         entries.append(entry)
     return entries
+
+
+def _flow_draws(
+    part_files: list[Path], part_first: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the split and cap draws of the part rows marked in `part_first`.
+
+    The part files are read one at a time, `uid` and `ts` only.
+    """
+    draws: list[tuple[np.ndarray, np.ndarray]] = []
+    start = 0
+    for part in part_files:
+        table = pq.read_table(part, columns=["uid", "ts"])
+        stop = start + table.num_rows
+        mask = pa.array(part_first[start:stop])
+        start = stop
+        table = table.filter(mask)
+        draws.append(
+            splits.flow_draws(
+                table.column("uid").to_pylist(), table.column("ts").to_pylist(), seed
+            )
+        )
+    if not draws:
+        return np.zeros(0), np.zeros(0)
+    return (
+        np.concatenate([split for split, _ in draws]),
+        np.concatenate([cap for _, cap in draws]),
+    )
 
 
 def _copy_rows(

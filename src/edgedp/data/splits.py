@@ -1,8 +1,12 @@
 """Assigning flows to the train, validation and test splits.
 
-- `random`: stratified by class. Each class is shuffled with the seed and cut
-  into the split fractions, with sizes rounded by the largest remainder so
-  that they add up to the class size.
+- `random`: each flow goes to a split by its own draw, a number in [0, 1)
+  computed from the flow's `uid` and `ts` and the seed (`flow_draws`). So
+  adding or removing one flow moves no other flow, and two logs that differ
+  in one line give training splits that differ in at most one row, the
+  neighbouring relation of the DP guarantee. Every class is split in the
+  fractions on average, but not exactly: a class of n flows gets a binomial
+  number of them in each split.
 - `capture`: every input file goes whole to one split. Flows of one capture
   are often near-duplicates of each other (the same scan repeated thousands
   of times), so a flow-level random split puts near-copies of test flows in
@@ -11,7 +15,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import struct
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -21,7 +27,7 @@ RANDOM = "random"
 CAPTURE = "capture"
 METHODS: tuple[str, ...] = (RANDOM, CAPTURE)
 
-_CAP_STREAM = 1
+_DRAW_SCALE = 2.0**-53
 
 
 def check_fractions(fractions: Mapping[str, float]) -> np.ndarray:
@@ -43,55 +49,52 @@ def check_fractions(fractions: Mapping[str, float]) -> np.ndarray:
     return values
 
 
-def allocate(total: int, fractions: np.ndarray) -> np.ndarray:
-    """Split `total` items by `fractions` with largest-remainder rounding."""
-    exact = fractions * total
-    sizes = np.floor(exact).astype(np.int64)
-    remainder = exact - sizes
-    for position in np.argsort(-remainder, kind="stable")[: total - sizes.sum()]:
-        sizes[position] += 1
-    return sizes
+def flow_draws(
+    uids: Iterable[str], timestamps: Iterable[float], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return two independent draws in [0, 1) for each flow: split and cap.
 
-
-def random_split(
-    labels: np.ndarray, fractions: Mapping[str, float], seed: int
-) -> np.ndarray:
-    """Return the split index (into `SPLITS`) of every flow, stratified by class.
-
-    Args:
-        labels: class index of every flow.
-        fractions: split name to fraction of each class.
-        seed: seed of the shuffle; the same seed and labels give the same split.
+    The draws are the 16 bytes of a BLAKE2b hash of the flow's `uid` and
+    the IEEE bits of its `ts`, keyed with the seed. They depend on nothing
+    else, so they are the same on every machine, in every file order and
+    whatever other flows are read.
     """
-    shares = check_fractions(fractions)
-    rng = np.random.default_rng(seed)
-    assignment = np.empty(len(labels), dtype=np.int8)
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        rng.shuffle(members)
-        sizes = allocate(len(members), shares)
-        bounds = np.concatenate([[0], np.cumsum(sizes)])
-        for split, (start, stop) in enumerate(
-            zip(bounds[:-1], bounds[1:], strict=True)
-        ):
-            assignment[members[start:stop]] = split
-    return assignment
+    key = seed.to_bytes(8, "little")
+    digests = b"".join(
+        hashlib.blake2b(
+            uid.encode() + struct.pack("<d", ts), digest_size=16, key=key
+        ).digest()
+        for uid, ts in zip(uids, timestamps, strict=True)
+    )
+    # The top 53 bits of each word give a double in [0, 1) without rounding.
+    words = np.frombuffer(digests, dtype="<u8").reshape(-1, 2) >> np.uint64(11)
+    return words[:, 0] * _DRAW_SCALE, words[:, 1] * _DRAW_SCALE
 
 
-def cap_classes(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
+def random_split(draws: np.ndarray, fractions: Mapping[str, float]) -> np.ndarray:
+    """Return the split index (into `SPLITS`) of every flow from its draw.
+
+    A flow goes to the first split whose cumulative fraction exceeds its
+    draw, so each split gets its fraction of every class on average.
+    """
+    bounds = np.cumsum(check_fractions(fractions))[:-1]
+    return np.searchsorted(bounds, draws, side="right").astype(np.int8)
+
+
+def cap_classes(labels: np.ndarray, cap: int, draws: np.ndarray) -> np.ndarray:
     """Return a mask that keeps at most `cap` flows of each class.
 
-    A class with more flows keeps a seeded random choice of `cap` of them,
+    A class with more flows keeps the `cap` flows with the smallest draws,
     whatever their input file or position in it. Smaller classes keep all
-    their flows. The choice draws from its own random stream, which leaves
-    the split's shuffle unchanged for a given seed.
+    their flows. Adding one flow to a capped class changes its kept flows
+    by at most two: the new flow comes in and another goes out.
     """
-    rng = np.random.default_rng([seed, _CAP_STREAM])
     keep = np.ones(len(labels), dtype=bool)
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         if len(members) > cap:
-            keep[rng.choice(members, len(members) - cap, replace=False)] = False
+            order = np.argsort(draws[members], kind="stable")
+            keep[members[order[cap:]]] = False
     return keep
 
 
