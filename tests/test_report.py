@@ -31,6 +31,7 @@ from edgedp.report.collect import (
     grid_cells,
     privacy_label,
     read_bundles,
+    read_run,
     summarize,
 )
 from edgedp.report.figures import seeds_text
@@ -426,3 +427,46 @@ def test_report_rejects_evaluated_bundle_without_scores(tmp_path):
 
     assert manifest["metrics"]["test"] == scores
     assert f"{folder} (fp32, int8): there are no scores" in str(raised.value)
+
+
+def _write_state(run_dir: Path, stages: list[str]) -> None:
+    """Write a `state.json` of a grid of two classifier cells."""
+    experiment = {
+        "train": {"models": ["classifier"], "epsilons": [None, 1.0], "seeds": [0]}
+    }
+    state = {
+        "format": 1,
+        "experiment": experiment,
+        "stages": {stage: {"key": "0" * 16, "seconds": 1.0} for stage in stages},
+        "invocations": [],
+    }
+    (run_dir / "state.json").write_text(json.dumps(state))
+
+
+def test_report_rejects_missing_finished_bundle(tmp_path):
+    _run_with_bundle(tmp_path)
+    _write_state(
+        tmp_path,
+        ["train/classifier-plain-seed0", "train/classifier-eps1-seed0"],
+    )
+
+    with pytest.raises(ReportError) as raised:
+        write_report(tmp_path)
+
+    message = str(raised.value)
+    missing = tmp_path / "bundles" / "classifier-eps1-seed0"
+    assert f"are missing: {missing} (stages recorded as done: train)" in message
+    assert "classifier-plain-seed0" not in message
+    assert "Rerun the `edgedp run` command" in message
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_report_leaves_out_unstarted_bundle(tmp_path):
+    _run_with_bundle(tmp_path)
+    _write_state(tmp_path, ["train/classifier-plain-seed0"])
+
+    files = read_run(tmp_path)
+
+    assert [manifest["name"] for manifest in files.manifests] == [
+        "classifier-plain-seed0"
+    ]

@@ -105,29 +105,36 @@ def read_bundles(
         run_dir: the run folder.
         names: the bundle folders of the grid, or None for every folder.
         stages: the stage ids that `state.json` records as finished, such as
-            `evaluate/classifier-plain-seed0`. A bundle without the test
-            scores of a finished `evaluate` stage is an error.
+            `train/classifier-plain-seed0`. A missing bundle with a finished
+            stage is an error, and so is a bundle without the test scores of
+            a finished `evaluate` stage. A bundle whose stages have not
+            finished yet is left out.
 
     Raises:
-        ReportError: a bundle file is missing, truncated or altered, a test
-            score is not of the bundle's current model file, or a manifest
-            is not valid JSON.
+        ReportError: a bundle with finished stages is missing, a bundle file
+            is missing, truncated or altered, a test score is not of the
+            bundle's current model file, or a manifest is not valid JSON.
     """
     folder = run_dir / layout.BUNDLES
     if names is None:
         paths = sorted(p for p in folder.glob("*") if (p / MANIFEST_NAME).is_file())
     else:
         paths = [folder / name for name in names]
-    finished = set(stages)
+    finished = list(stages)
     rerun = (
         f"Rerun the `edgedp run` command of {run_dir} (same options, same "
         "--out): it redoes the stages whose outputs are damaged, missing or "
         "out of date and writes the report again"
     )
+    missing = []
     problems = []
     manifests = []
     for path in paths:
         if not (path / MANIFEST_NAME).is_file():
+            done = [s.split("/")[0] for s in finished if s.endswith(f"/{path.name}")]
+            if done:
+                stages_done = ", ".join(done)
+                missing.append(f"{path} (stages recorded as done: {stages_done})")
             continue
         manifest = read_json(path / MANIFEST_NAME)
         try:
@@ -139,6 +146,11 @@ def read_bundles(
         evaluated = f"evaluate/{path.name}" in finished
         problems += _score_problems(manifest, path, evaluated)
 
+    if missing:
+        raise ReportError(
+            f"bundles of the grid in {run_dir / layout.STATE} are missing: "
+            f"{'; '.join(missing)}. {rerun}"
+        )
     if problems:
         raise ReportError(
             "the report cannot show these test scores, because they are not "
