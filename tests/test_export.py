@@ -89,7 +89,9 @@ def test_calibration_in_privacy_ledger(bundles):
     assert manifest["privacy"]["private"] is False
     assert recorded["source"] == "validation"
     assert recorded["flows"] == 1000
-    assert recorded["covered_by_dp"] is False
+    assert recorded["training_rows_covered"] is None
+    assert recorded["exposed_flows"] == "validation"
+    assert "fallback_from" not in recorded
     assert manifest["formats"]["int8"]["calibration"]["size"] == 1000
 
 
@@ -147,7 +149,8 @@ def test_cli_synthetic_then_skip_then_force(bundles, caplog):
     assert "covered" not in _plain(result.output)
     manifest = _manifest(path)
     assert manifest["privacy"]["calibration"]["source"] == "synthetic"
-    assert manifest["privacy"]["calibration"]["covered_by_dp"] is False
+    assert manifest["privacy"]["calibration"]["training_rows_covered"] is None
+    assert manifest["privacy"]["calibration"]["exposed_flows"] is None
     assert (
         abs(
             manifest["formats"]["int8"]["validation"]["accuracy"]
@@ -275,11 +278,18 @@ def test_auto_calibration_follows_ledger(tmp_path, privacy, expected):
 
 
 def test_dp_coverage_per_source():
-    assert {name: s.covered_by_dp for name, s in CALIBRATION_SOURCES.items()} == {
-        "validation": False,
-        "train": False,
-        "synthetic": True,
+    coverage = {
+        name: (source.training_rows_covered, source.exposed_flows)
+        for name, source in CALIBRATION_SOURCES.items()
     }
+
+    assert coverage == {
+        "validation": (True, "validation"),
+        "train": (False, "train"),
+        "synthetic": (True, None),
+    }
+    assert "still covers the training rows" in CALIBRATION_SOURCES["validation"].effect
+    assert "does not cover the" in CALIBRATION_SOURCES["validation"].effect
 
 
 def test_synthetic_flows_are_valid_encodings():
@@ -312,16 +322,27 @@ def test_auto_falls_back_to_validation(bundles, monkeypatch, caplog):
     monkeypatch.setattr("edgedp.export.AUTO_MAX_LOSS", -1.0)
 
     with caplog.at_level("WARNING", logger="edgedp.export"):
-        optimize_bundle(path, force=True)
+        result = CliRunner().invoke(app, ["optimize", str(path), "--force"])
 
+    assert result.exit_code == 0, result.output
     recorded = _manifest(path)
     calibration = recorded["formats"]["int8"]["calibration"]
+    ledger = recorded["privacy"]["calibration"]
     assert "calibrating on validation flows instead" in caplog.text
     assert calibration["source"] == "validation"
     assert calibration["fallback_from"] == "synthetic"
     assert calibration["synthetic_validation_loss"] >= 0.0
-    assert recorded["privacy"]["calibration"]["source"] == "validation"
-    assert recorded["privacy"]["calibration"]["covered_by_dp"] is False
+    assert ledger["source"] == "validation"
+    assert ledger["fallback_from"] == "synthetic"
+    assert (
+        ledger["synthetic_validation_loss"] == calibration["synthetic_validation_loss"]
+    )
+    assert ledger["training_rows_covered"] is True
+    assert ledger["exposed_flows"] == "validation"
+    output = _plain(result.output)
+    assert "1000 validation flows (fell back from synthetic" in output
+    assert "Training rows covered by DP" in output
+    assert "exposed outside DP: the validation-split calibration flows" in output
 
     caplog.clear()
     with caplog.at_level("INFO", logger="edgedp.export"):

@@ -186,7 +186,8 @@ def _plain_manifest() -> dict:
     ledger["calibration"] = {
         "source": "validation",
         "flows": 1000,
-        "covered_by_dp": False,
+        "training_rows_covered": None,
+        "exposed_flows": "validation",
     }
     return {
         "name": "classifier-plain-seed0",
@@ -199,28 +200,76 @@ def _plain_manifest() -> dict:
 def test_privacy_ledger_plain_bundle():
     (row,) = collect_privacy([_plain_manifest()])
     assert row["private"] is False
-    assert row["int8_covered_by_dp"] is None
+    assert row["int8_training_rows_covered"] is None
     lines = "\n".join(_privacy_section([row])).splitlines()
     (line,) = [line for line in lines if line.startswith("| classifier-plain")]
     cells = [cell.strip() for cell in line.strip("|").split("|")]
     assert cells[-1] == "no DP"
+    assert cells[-2] == "no DP"
     assert cells[1] == "∞"
     assert cells[2:4] == ["n/a", "n/a"]
     assert cells[4] == "n/a", "sigma of a bundle without DP"
     assert cells[6] == "20"
     assert cells[7:10] == ["n/a", "n/a", "n/a"]
-    assert cells[-2] == "validation (1,000)"
+    assert cells[-3] == "validation (1,000)"
 
 
-def test_privacy_ledger_private_bundle_keeps_coverage():
+def _private_manifest(calibration: dict) -> dict:
     manifest = _plain_manifest()
     manifest["training"]["epsilon"] = 1.0
     manifest["privacy"].update({"private": True, "epsilon": 0.99, "delta": 1e-5})
-    (row,) = collect_privacy([manifest])
-    assert row["int8_covered_by_dp"] is False
+    manifest["privacy"]["calibration"] = calibration
+    return manifest
+
+
+def _ledger_cells(row: dict) -> list[str]:
     lines = "\n".join(_privacy_section([row])).splitlines()
     (line,) = [line for line in lines if line.startswith("| classifier-plain")]
-    assert line.rstrip().endswith("| no |")
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_privacy_ledger_private_bundle_keeps_coverage():
+    manifest = _private_manifest(
+        {
+            "source": "validation",
+            "flows": 1000,
+            "training_rows_covered": True,
+            "exposed_flows": "validation",
+            "fallback_from": "synthetic",
+        }
+    )
+
+    (row,) = collect_privacy([manifest])
+
+    assert row["int8_training_rows_covered"] is True
+    assert row["int8_exposed_flows"] == "validation"
+    assert _ledger_cells(row)[-3:] == [
+        "validation (1,000), fell back from synthetic",
+        "yes",
+        "validation flows",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("synthetic", ["yes", "none"]),
+        ("validation", ["yes", "validation flows"]),
+        ("train", ["no", "training flows"]),
+    ],
+)
+def test_privacy_ledger_reads_older_calibration(source, expected):
+    # Ledgers from before the two coverage fields recorded `covered_by_dp`.
+    calibration = {
+        "source": source,
+        "flows": 50,
+        "covered_by_dp": source == "synthetic",
+    }
+
+    (row,) = collect_privacy([_private_manifest(calibration)])
+
+    assert _ledger_cells(row)[-2:] == expected
+    assert _ledger_cells(row)[-3] == f"{source} (50)"
 
 
 def test_privacy_section_states_composition():

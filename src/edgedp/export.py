@@ -10,8 +10,9 @@ validation split and records in `bundle.json`:
   (`accuracy` for a classifier, `roc_auc` of benign against malicious
   flows for an autoencoder). The int8 entry also records the calibration
   source and size and the scale and zero point of the int8 input tensor.
-- `privacy.calibration`: the calibration source and whether the DP-SGD
-  guarantee still covers the int8 model (see `CALIBRATION_SOURCES`).
+- `privacy.calibration`: the calibration source, whether the DP-SGD
+  guarantee still covers the training rows in the int8 model, and which
+  flows the int8 scales expose outside DP (see `CALIBRATION_SOURCES`).
 
 Only the training stack runs this module (torch, litert-torch,
 ai-edge-quantizer, scikit-learn). It imports them inside the functions that
@@ -53,12 +54,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CalibrationSource:
-    """A source of int8 calibration flows and its effect on the DP guarantee."""
+    """A source of int8 calibration flows and its effect on the DP guarantee.
+
+    The int8 file carries the activation ranges, min and max over the
+    calibration flows, in its scales. Two questions follow, and the ledger
+    records both: does the bundle's (epsilon, delta) still hold for the
+    training rows, and which flows do the scales expose outside DP.
+    """
 
     name: str
-    covered_by_dp: bool
+    training_rows_covered: bool
+    """The bundle's (epsilon, delta) holds for the training rows in the int8
+    file: it is post-processing of the DP weights with data that does not
+    depend on the training rows."""
+    exposed_flows: str | None
+    """The split whose flows the int8 scales expose outside DP, or None."""
     effect: str
-    """One sentence for the privacy ledger: what the source reads."""
+    """The ledger's sentences on what the source does to the guarantee."""
 
 
 CALIBRATION_SOURCES: dict[str, CalibrationSource] = {
@@ -66,29 +78,36 @@ CALIBRATION_SOURCES: dict[str, CalibrationSource] = {
     for source in (
         CalibrationSource(
             "validation",
-            covered_by_dp=False,
+            training_rows_covered=True,
+            exposed_flows="validation",
             effect=(
-                "activation ranges are read from validation-split flows, "
-                "which DP-SGD never saw; the training rows stay covered, but "
-                "the validation flows are not protected by the guarantee"
+                "Activation ranges are min and max over validation-split flows. "
+                "The DP guarantee still covers the training rows, because the "
+                "int8 model is post-processing of the DP weights with flows "
+                "that are not training rows and that adding or removing a "
+                "training row does not change. It does not cover the "
+                "validation flows, whose ranges the int8 scales reveal."
             ),
         ),
         CalibrationSource(
             "train",
-            covered_by_dp=False,
+            training_rows_covered=False,
+            exposed_flows="train",
             effect=(
-                "activation ranges are min/max statistics of private training "
-                "flows computed outside DP-SGD, so the DP guarantee does not "
-                "cover the int8 model"
+                "Activation ranges are min and max over training flows, "
+                "computed outside DP-SGD, so the DP guarantee does not cover "
+                "the int8 model: its scales reveal ranges of training rows."
             ),
         ),
         CalibrationSource(
             "synthetic",
-            covered_by_dp=True,
+            training_rows_covered=True,
+            exposed_flows=None,
             effect=(
-                "activation ranges come from synthetic flows drawn from the "
-                "feature encoder's fixed vocabularies and caps; no data is "
-                "read, so the int8 model is post-processing of the DP model"
+                "Activation ranges come from synthetic flows drawn from the "
+                "feature encoder's fixed vocabularies and caps. No data is "
+                "read, so the int8 model is post-processing of the DP weights "
+                "and the DP guarantee covers it whole."
             ),
         ),
     )
@@ -772,11 +791,13 @@ def optimize_bundle(
     if automatic and calibration == "synthetic" and loss > AUTO_MAX_LOSS:
         # Synthetic flows can miss activation ranges that real flows reach,
         # and the int8 model then saturates. Validation flows are not
-        # training rows, so the training rows stay covered (see
-        # CALIBRATION_SOURCES).
+        # training rows, so the training rows stay covered, but the int8
+        # scales then expose validation flows (see CALIBRATION_SOURCES).
         logger.warning(
             "int8 from synthetic calibration scores %.4f below float32 on "
-            "validation flows; calibrating on validation flows instead",
+            "validation flows; calibrating on validation flows instead, whose "
+            "ranges the int8 scales then expose outside DP (the training rows "
+            "stay covered)",
             loss,
         )
         calibration = "validation"
@@ -795,20 +816,14 @@ def optimize_bundle(
     formats["validation_flows"] = len(validation)
     formats["dataset"] = str(dataset.root)
 
-    source = CALIBRATION_SOURCES[calibration]
     privacy = dict(bundle.manifest.get("privacy", {}))
-    covered_by_dp, effect = source.covered_by_dp, source.effect
-    if privacy.get("private") is False:
-        covered_by_dp, effect = False, NO_GUARANTEE
-    privacy["calibration"] = {
-        "source": calibration,
-        "flows": len(flows),
-        "seed": seed,
-        "covered_by_dp": covered_by_dp,
-        "effect": effect,
-    }
-    if "fallback_from" in recorded:
-        privacy["calibration"]["fallback_from"] = recorded["fallback_from"]
+    privacy["calibration"] = calibration_ledger(
+        CALIBRATION_SOURCES[calibration],
+        flows=len(flows),
+        seed=seed,
+        private=privacy.get("private") is not False,
+        fallback=recorded,
+    )
 
     updated = add_files(
         bundle,
@@ -827,6 +842,36 @@ def optimize_bundle(
         bundle.root,
     )
     return updated
+
+
+def calibration_ledger(
+    source: CalibrationSource,
+    *,
+    flows: int,
+    seed: int,
+    private: bool,
+    fallback: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the privacy ledger's `calibration` entry.
+
+    `training_rows_covered` is None for a bundle trained without DP, which
+    has no guarantee to keep. `exposed_flows` names the split whose flows
+    the int8 scales reveal, with or without DP. `fallback` is the int8
+    calibration record: when `auto` replaced synthetic flows, its
+    `fallback_from` and `synthetic_validation_loss` are copied.
+    """
+    entry: dict[str, Any] = {
+        "source": source.name,
+        "flows": flows,
+        "seed": seed,
+        "training_rows_covered": source.training_rows_covered if private else None,
+        "exposed_flows": source.exposed_flows,
+        "effect": source.effect if private else NO_GUARANTEE,
+    }
+    for key in ("fallback_from", "synthetic_validation_loss"):
+        if fallback and key in fallback:
+            entry[key] = fallback[key]
+    return entry
 
 
 def _int8_loss(formats: dict[str, Any]) -> float:

@@ -43,11 +43,12 @@ def optimize(
         typer.Option(
             help="Flows that set the int8 activation ranges: `synthetic` "
             "(drawn from the feature encoder's fixed vocabularies; reads no "
-            "data, so the DP guarantee still covers the int8 model), "
-            "`validation` (validation-split flows), `train` (training flows; "
-            "the DP guarantee then no longer covers the int8 model), or "
-            "`auto`: synthetic for a DP-trained bundle, validation for a "
-            "non-private one. See docs/shrinking.md."
+            "data, so the DP guarantee still covers the whole int8 model), "
+            "`validation` (validation-split flows; the training rows stay "
+            "covered, but the int8 scales expose the validation flows outside "
+            "DP), `train` (training flows; the DP guarantee then no longer "
+            "covers the int8 model), or `auto`: synthetic for a DP-trained "
+            "bundle, validation for a non-private one. See docs/shrinking.md."
         ),
     ] = DEFAULT_CALIBRATION,
     calibration_size: Annotated[
@@ -95,16 +96,24 @@ def optimize(
     console.print(table)
 
     ledger = updated.manifest["privacy"]
-    calibration_entry = ledger["calibration"]
-    summary = (
-        f"int8 calibration: {calibration_entry['flows']} "
-        f"{calibration_entry['source']} flows; "
-    )
+    entry = ledger["calibration"]
+    summary = f"int8 calibration: {entry['flows']} {entry['source']} flows"
+    if "fallback_from" in entry:
+        summary += (
+            f" (fell back from {entry['fallback_from']}, whose int8 model scored "
+            f"{entry['synthetic_validation_loss']:.4f} below float32)"
+        )
     if ledger.get("private") is False:
-        console.print(summary + NO_GUARANTEE)
+        console.print(f"{summary}; {NO_GUARANTEE}", soft_wrap=True)
         return
-    covered = "covered" if calibration_entry["covered_by_dp"] else "NOT covered"
-    console.print(summary + f"DP guarantee {covered}: {calibration_entry['effect']}")
+    covered = "covered" if entry["training_rows_covered"] else "NOT covered"
+    exposed = entry["exposed_flows"]
+    exposed = "none" if exposed is None else f"the {exposed}-split calibration flows"
+    console.print(
+        f"{summary}. Training rows {covered} by DP; flows exposed outside DP: "
+        f"{exposed}. {entry['effect']}",
+        soft_wrap=True,
+    )
 
 
 def _seconds(spread: dict[str, Any] | None) -> str:

@@ -368,12 +368,15 @@ def collect_privacy(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Build the privacy ledger of every bundle, with the int8 calibration source.
 
     `private` is False for a bundle trained without DP. Its
-    `int8_covered_by_dp` is None, because there is no guarantee to cover.
+    `int8_training_rows_covered` is None, because there is no guarantee to
+    cover. `int8_exposed_flows` names the split whose flows the int8 scales
+    reveal outside DP (None for synthetic calibration), and
+    `int8_calibration_fallback_from` the source that `auto` gave up.
     """
     rows = []
     for manifest in manifests:
         ledger = manifest.get("privacy", {})
-        calibration = ledger.get("calibration") or {}
+        calibration = _calibration_entry(ledger.get("calibration") or {})
         private = ledger.get("private", _epsilon(manifest) is not None)
         rows.append(
             {
@@ -385,12 +388,34 @@ def collect_privacy(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 **{key: ledger.get(key) for key in LEDGER_KEYS},
                 "int8_calibration": calibration.get("source"),
                 "int8_calibration_flows": calibration.get("flows"),
-                "int8_covered_by_dp": (
-                    calibration.get("covered_by_dp") if private else None
+                "int8_calibration_fallback_from": calibration.get("fallback_from"),
+                "int8_training_rows_covered": (
+                    calibration.get("training_rows_covered") if private else None
                 ),
+                "int8_exposed_flows": calibration.get("exposed_flows"),
             }
         )
     return rows
+
+
+# (training_rows_covered, exposed_flows) of each calibration source, as in
+# `edgedp.export.CALIBRATION_SOURCES`, for the ledgers that `optimize`
+# wrote before it recorded the two fields.
+_CALIBRATION_COVERAGE = {
+    "synthetic": (True, None),
+    "validation": (True, "validation"),
+    "train": (False, "train"),
+}
+
+
+def _calibration_entry(calibration: dict[str, Any]) -> dict[str, Any]:
+    """Return the ledger's `calibration` entry with both coverage fields."""
+    if "training_rows_covered" in calibration:
+        return calibration
+    covered, exposed = _CALIBRATION_COVERAGE.get(
+        calibration.get("source"), (None, None)
+    )
+    return {**calibration, "training_rows_covered": covered, "exposed_flows": exposed}
 
 
 MEMBERSHIP_METRICS: tuple[str, ...] = (

@@ -18,6 +18,8 @@ MIB = 1 << 20
 prints them: the peak resident set size comes from the kernel in KiB."""
 
 NOT_APPLICABLE = "n/a"
+EXPOSED_FLOWS = {"validation": "validation flows", "train": "training flows"}
+"""Names of the splits that the int8 scales expose, as the ledger shows them."""
 
 FORMAT_NOTES = {
     "python": "numpy only, no model: the memory floor",
@@ -430,10 +432,20 @@ def _privacy_section(rows: list[dict[str, Any]]) -> list[str]:
         "As each bundle's training recorded it. epsilon is the achieved value "
         "from the accountant over the steps actually taken; ∞ means no DP. "
         "sigma is the noise multiplier, q the Poisson sampling rate, C the "
-        "clipping norm. The int8 column names the flows that set the int8 "
-        "ranges and whether the DP guarantee still covers the int8 model. For "
-        "a bundle trained without DP, n/a marks the settings that only DP "
-        "training has, and `no DP` the coverage, because there is no guarantee.",
+        "clipping norm. For a bundle trained without DP, n/a marks the "
+        "settings that only DP training has, and `no DP` the coverage, "
+        "because there is no guarantee.",
+        "",
+        "The int8 columns name the flows that set the int8 activation ranges "
+        "(and the source that `auto` fell back from, when synthetic flows "
+        "cost too much accuracy), whether the bundle's epsilon still covers "
+        "the training rows in the int8 model, and which flows the int8 scales "
+        "expose outside DP. Calibration on validation flows keeps the training "
+        "rows covered, because the int8 model is then post-processing of the "
+        "DP weights with flows that are not training rows. The scales reveal "
+        "the min and max of those validation flows, which DP does not "
+        "protect. Calibration on training flows leaves the int8 model outside "
+        "the guarantee.",
         "",
         "Each epsilon covers its own bundle only. Bundles trained on the same "
         "training split compose: releasing the classifier and the autoencoder "
@@ -454,7 +466,8 @@ def _privacy_section(rows: list[dict[str, Any]]) -> list[str]:
         "accountant",
         "sampling",
         "int8 calibration",
-        "int8 covered by DP",
+        "int8: training rows covered by DP",
+        "int8: flows exposed outside DP",
     ]
     body = [_ledger_row(row) for row in rows]
     return [*lines, table(header, body), ""]
@@ -466,11 +479,15 @@ def _ledger_row(row: dict[str, Any]) -> list[Any]:
     def dp_only(value: Any) -> Any:
         return value if private else NOT_APPLICABLE
 
-    calibration = (
-        f"{row['int8_calibration']} ({row['int8_calibration_flows']:,})"
-        if row["int8_calibration"]
-        else None
-    )
+    calibration = None
+    if row["int8_calibration"]:
+        calibration = f"{row['int8_calibration']} ({row['int8_calibration_flows']:,})"
+        if row.get("int8_calibration_fallback_from"):
+            calibration += f", fell back from {row['int8_calibration_fallback_from']}"
+    exposed = None
+    if row["int8_calibration"]:
+        split = row.get("int8_exposed_flows")
+        exposed = EXPOSED_FLOWS.get(split, split) if split else "none"
     return [
         row["bundle"],
         row["epsilon"],
@@ -484,7 +501,8 @@ def _ledger_row(row: dict[str, Any]) -> list[Any]:
         dp_only(row["accountant"]),
         row["sampling"],
         calibration,
-        row["int8_covered_by_dp"] if private else "no DP",
+        row["int8_training_rows_covered"] if private else "no DP",
+        exposed if private else "no DP",
     ]
 
 
