@@ -2,6 +2,7 @@
 
 import math
 import pickle
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -18,10 +19,12 @@ from edgedp.privacy import (
     PrivacyConfigError,
     calibrate_noise,
     compute_epsilon,
+    poisson_steps_per_epoch,
     private_ledger,
     random_generator,
     suggested_delta,
 )
+from edgedp.train import TrainSettings, steps_per_epoch
 
 
 def _settings(**changes):
@@ -122,8 +125,40 @@ def test_settings_steps_and_rate():
     settings = _settings(expected_batch_size=300, epochs=3)
 
     assert settings.sample_rate == pytest.approx(0.03)
-    # round(1 / 0.03) = 33 steps per epoch.
+    # 10,000 rows / 300 = 33.3, so 33 steps per epoch.
     assert settings.steps == 99
+
+
+def _rounded_half_up(numerator, denominator):
+    return math.floor(Fraction(numerator, denominator) + Fraction(1, 2))
+
+
+def test_steps_per_epoch_exact_for_all_pairs():
+    # Every batch size below 1,000 rows. For 99 rows in batches of 2,
+    # rounding the float 1 / q gives 49 steps and rounding 99 / 2 gives 50.
+    for rows in range(2, 1000):
+        for batch in range(1, rows):
+            assert poisson_steps_per_epoch(rows, batch) == _rounded_half_up(
+                rows, batch
+            ), (rows, batch)
+
+
+def test_planned_steps_match_training_at_ties():
+    # Ties, where rows / batch ends in .5, up to 3,000 rows.
+    ties = [
+        (rows, batch)
+        for rows in range(2, 3000)
+        for batch in range(2, rows, 2)
+        if (2 * rows) % batch == 0 and (2 * rows // batch) % 2 == 1
+    ]
+
+    assert len(ties) > 300
+    for rows, batch in ties:
+        planned = _settings(rows=rows, expected_batch_size=batch, target_delta=1e-4)
+        trained = TrainSettings(epsilon=1.0, batch_size=batch, epochs=2)
+
+        assert planned.steps == 2 * steps_per_epoch(trained, rows), (rows, batch)
+        assert planned.steps == 2 * _rounded_half_up(rows, batch), (rows, batch)
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,23 @@ from edgedp.atomic import OutputError
 from edgedp.bundle import TORCH_WEIGHTS, load_bundle
 from edgedp.dataset import MANIFEST_NAME, DatasetError, load_prepared
 from edgedp.metrics import classification_metrics
-from edgedp.models import ModelSpec, load_model
-from edgedp.privacy import PrivacyConfigError, compute_epsilon
-from edgedp.train import TRAIN_LOG, TrainingError, dataset_fingerprint, train_bundle
+from edgedp.models import ModelSpec, build_model, classifier_spec, load_model
+from edgedp.privacy import (
+    DPSettings,
+    PrivacyConfigError,
+    calibrate_noise,
+    compute_epsilon,
+    private_ledger,
+)
+from edgedp.train import (
+    TRAIN_LOG,
+    TrainingData,
+    TrainingError,
+    TrainSettings,
+    dataset_fingerprint,
+    fit,
+    train_bundle,
+)
 
 
 def _majority_baseline(labels, classes):
@@ -166,6 +180,36 @@ def test_secure_randomness_not_replayable(bundles, prepared_iot23, tmp_path):
     # Same seed, same init: only the secret batches and noise differ.
     assert secret.bundle_id != seeded.bundle_id
     assert secret.manifest["privacy"]["epsilon"] <= 1.0
+
+
+def test_dp_steps_taken_match_calibration(prepared_iot23):
+    # 99 rows in batches of 2: 49.5 steps per epoch, a tie.
+    train = prepared_iot23.split("train")
+    features = torch.from_numpy(np.ascontiguousarray(train.features[:99]))
+    data = TrainingData(features, torch.from_numpy(train.labels[:99]), "rows")
+    settings = TrainSettings(epsilon=1.0, delta=1e-3, batch_size=2, epochs=1)
+    planned = DPSettings(
+        target_epsilon=1.0,
+        target_delta=1e-3,
+        max_grad_norm=1.0,
+        expected_batch_size=2,
+        epochs=1,
+        rows=99,
+    )
+    sigma = calibrate_noise(planned)
+    spec = classifier_spec(len(prepared_iot23.feature_names), 6)
+
+    history = fit(build_model(spec), data, settings, noise_multiplier=sigma)
+    ledger = private_ledger(
+        planned,
+        noise_multiplier=sigma,
+        history=history,
+        clipping="ghost",
+        secure_randomness=False,
+    )
+
+    assert sum(steps for _, _, steps in history) == planned.steps == 50
+    assert ledger["epsilon"] <= 1.0
 
 
 def test_existing_bundle_rejected_first(prepared_iot23, tmp_path):

@@ -111,7 +111,8 @@ class DPSettings:
             below 1 / `rows`, or the mechanism may publish a whole row.
         max_grad_norm: the clipping norm C, an L2 bound on each row's gradient.
         expected_batch_size: the mean Poisson batch size, q * `rows`.
-        epochs: passes over the data; steps are `epochs * round(1 / q)`.
+        epochs: passes over the data; steps are `epochs` times
+            `poisson_steps_per_epoch(rows, expected_batch_size)`.
         rows: rows of the private population that training samples from.
         population: what those rows are, for the ledger.
     """
@@ -167,8 +168,26 @@ class DPSettings:
 
     @property
     def steps(self) -> int:
-        """Planned optimizer steps: `epochs * round(1 / q)`."""
-        return self.epochs * round(1 / self.sample_rate)
+        """Planned optimizer steps, the number that training takes."""
+        return self.epochs * poisson_steps_per_epoch(
+            self.rows, self.expected_batch_size
+        )
+
+
+def poisson_steps_per_epoch(rows: int, expected_batch_size: int) -> int:
+    """Return the DP-SGD steps of one epoch: rows / batch, rounded half up.
+
+    That is 1 / q for the sample rate q = batch / rows. Calibration and the
+    training loop both call this function, and its integer arithmetic keeps
+    ties exact: 99 rows in batches of 2 give 50 steps, where rounding the
+    float 1 / q would give 49.
+    """
+    if rows < 1 or expected_batch_size < 1:
+        raise ValueError(
+            f"need rows >= 1 and a batch size >= 1, got rows={rows}, "
+            f"batch size={expected_batch_size}"
+        )
+    return (2 * rows + expected_batch_size) // (2 * expected_batch_size)
 
 
 def min_delta_message(delta: float) -> str:

@@ -321,10 +321,17 @@ def _validation_loss(model, loss, validation: Split, kind: str) -> float:
 
 
 def steps_per_epoch(settings: TrainSettings, rows: int) -> int:
-    """Return optimizer steps per epoch: round(1 / q) under DP, else ceil(N / B)."""
+    """Return optimizer steps per epoch for N = `rows` and batch size B.
+
+    Under DP it is `privacy.poisson_steps_per_epoch`, the count that noise
+    calibration plans with: N / B rounded half up. Without DP it is
+    ceil(N / B), one step per shuffled batch.
+    """
+    from edgedp.privacy import poisson_steps_per_epoch
+
     if settings.private:
-        return round(rows / settings.batch_size)
-    return math.ceil(rows / settings.batch_size)
+        return poisson_steps_per_epoch(rows, settings.batch_size)
+    return -(-rows // settings.batch_size)
 
 
 def fit(
