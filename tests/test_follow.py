@@ -17,6 +17,7 @@ from edgedp.edge.follow import (
     FolderSource,
     LineSplitter,
     StreamSource,
+    UnreadableInputError,
     rotated_logs,
 )
 
@@ -167,6 +168,43 @@ def test_follow_waits_for_missing_file(tmp_path):
 
     assert [line for *_, line in lines] == [b"a", b"b"]
     assert events == ["waiting"]
+
+
+def test_follow_retries_unopenable_path(tmp_path):
+    log = tmp_path / "conn.log"
+    log.write_bytes(b"a\n")
+    events: list[tuple[str, str]] = []
+    source = FileSource(
+        log,
+        follow=True,
+        poll_interval=0.005,
+        rotation_wait=0.05,
+        on_event=lambda kind, message: events.append((kind, message)),
+    )
+    first = _drain(source, until=lambda lines: len(lines) == 1, limit=2)
+
+    log.rename(tmp_path / "conn.log.1")
+    log.mkdir()
+    _drain(source, until=lambda lines: len(events) >= 2, limit=2)
+    # Many more polls while the folder is there, and one report.
+    _drain(source, limit=0.2)
+    log.rmdir()
+    log.write_bytes(b"b\n")
+    rest = _drain(source, until=lambda lines: len(lines) == 1, limit=2)
+    source.close()
+
+    assert [line for *_, line in first + rest] == [b"a", b"b"]
+    assert [kind for kind, _ in events] == ["rotated", "unreadable_file"]
+    assert events[1][1].startswith(f"{log} is a folder, not a log file")
+
+
+@pytest.mark.parametrize("follow", [False, True], ids=["once", "follow"])
+def test_unopenable_input_rejected(tmp_path, follow):
+    log = tmp_path / "conn.log"
+    log.symlink_to(log)
+
+    with pytest.raises(UnreadableInputError, match="Too many levels of symbolic"):
+        FileSource(log, follow=follow)
 
 
 def test_follow_from_end_keeps_header(tmp_path):

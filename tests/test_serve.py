@@ -10,10 +10,12 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -761,6 +763,45 @@ def test_other_zeek_log_rejected(gateway_bundles, tmp_path, follow):
     assert result.returncode == 2
     message = f"error: {log} is a Zeek dns log; edgedp reads conn logs (#path conn)"
     assert message in result.stderr
+
+
+def _as_unprivileged_user(args: list[str]) -> list[str]:
+    """Prefix `args` to run them as nobody when the tests run as root."""
+    if os.geteuid() != 0:
+        return args
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("needs setpriv to drop root, which reads any file")
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *args]
+
+
+@pytest.mark.parametrize("follow", [False, True], ids=["once", "follow"])
+def test_unreadable_input_rejected(gateway_bundles, iot23, follow):
+    # A folder that the unprivileged user can enter, unlike pytest's tmp_path.
+    folder = Path(tempfile.mkdtemp(prefix="edgedp-unreadable-"))
+    try:
+        folder.chmod(0o755)
+        bundle = shutil.copytree(gateway_bundles["classifier"], folder / "bundle")
+        log = folder / "conn.log"
+        shutil.copyfile(iot23 / ZEEK_LOGS["5-1"], log)
+        log.chmod(0o000)
+
+        result = subprocess.run(
+            _as_unprivileged_user(
+                [*EDGEDP, "serve", str(bundle), "--input", str(log)]
+                + ["--alerts", "/dev/null"]
+                + (["--follow"] if follow else [])
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        shutil.rmtree(folder)
+
+    assert result.returncode == 2, result.stderr
+    assert f"error: {log} cannot be opened: Permission denied" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("link", [False, True], ids=["same-path", "symlink"])

@@ -30,8 +30,9 @@ _DESCRIPTION = (
     "line per alert. Exits 0 when the input ends or on SIGTERM/SIGINT (pending "
     "flows are classified first), 1 when the alert output closes, 2 on invalid "
     "options, an alert file that cannot be written, a bundle that fails "
-    "verification, or an input file that is not a Zeek conn log (read once, "
-    "or followed and naming another log in its #path header)."
+    "verification, an input that cannot be opened, or an input file that is "
+    "not a Zeek conn log (read once, or followed and naming another log in "
+    "its #path header)."
 )
 
 
@@ -198,6 +199,7 @@ def run_serve(argv: list[str]) -> int:
 
     from edgedp.atomic import OutputError
     from edgedp.bundle import BundleError
+    from edgedp.edge.follow import UnreadableInputError
     from edgedp.edge.serve import Gateway, ServeSettings
 
     try:
@@ -218,7 +220,13 @@ def run_serve(argv: list[str]) -> int:
             poll_interval=arguments.poll_interval / 1000.0,
         )
         gateway = Gateway(settings)
-    except (BundleError, FileNotFoundError, OutputError, ValueError) as error:
+    except (
+        BundleError,
+        FileNotFoundError,
+        OutputError,
+        UnreadableInputError,
+        ValueError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -23,6 +23,7 @@ import gzip
 import logging
 import os
 import select
+import stat
 import time
 import zlib
 from collections.abc import Callable
@@ -202,10 +203,50 @@ def _is_checksum_error(error: BaseException) -> bool:
     return isinstance(error, gzip.BadGzipFile) and "CRC check failed" in str(error)
 
 
+class UnreadableInputError(OSError):
+    """An input log that exists but cannot be opened, such as one without
+    read permission or a folder at the log's path."""
+
+
 def _open_log(path: Path) -> BinaryIO:
     if path.suffix == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb", buffering=0)
+
+
+def _check_log_file(path: Path) -> None:
+    """Check that `path` is a file that can be read to its end.
+
+    A FIFO or device would block or never end, so only regular files and
+    folders (which `_open_log` reports as such) pass.
+
+    Raises:
+        FileNotFoundError: nothing exists at `path`, or it is a broken
+            symbolic link.
+        UnreadableInputError: `path` is neither a regular file nor a folder.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise FileNotFoundError(
+                f"input log {path} is a broken symbolic link to {os.readlink(path)}"
+            ) from None
+        raise FileNotFoundError(f"input log {path} not found") from None
+    except OSError as error:
+        raise UnreadableInputError(_open_error_text(path, error)) from error
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UnreadableInputError(f"{path} is not a regular file; name the log file")
+
+
+def _open_error_text(path: Path, error: OSError) -> str:
+    """Describe why `path` could not be opened, such as `Permission denied`."""
+    if isinstance(error, IsADirectoryError):
+        return f"{path} is a folder, not a log file"
+    message = f"{path} cannot be opened: {error.strerror or error}"
+    if isinstance(error, PermissionError):
+        message += "; give the user that runs serve read access to it"
+    return message
 
 
 class FileSource(_SplitterSource):
@@ -224,6 +265,9 @@ class FileSource(_SplitterSource):
       at offset 0, and a held partial line is dropped and reported through
       `on_event`.
     - a missing file: the source waits for `path` to appear.
+    - a file that cannot be opened, such as one without read permission or
+      a folder at `path`: the source reports `unreadable_file` once and
+      tries again at every poll, as for a missing file.
 
     NOTE: a file truncated and then refilled beyond the old read position
     between two polls cannot be distinguished from a file that only grew, so
@@ -239,9 +283,13 @@ class FileSource(_SplitterSource):
         rotation_wait: seconds without growth of a renamed file before
             reading moves to the new file at `path`.
         on_event: called with `(kind, message)` for `rotated`, `truncated`,
-            `partial_dropped`, `waiting` and `corrupt_file` events. The
-            caller counts and logs them. `close` reports a partial line
-            still held back as `partial_dropped`.
+            `partial_dropped`, `waiting`, `unreadable_file` and
+            `corrupt_file` events. The caller counts and logs them. `close`
+            reports a partial line still held back as `partial_dropped`.
+
+    Raises (from the constructor):
+        FileNotFoundError: the file does not exist and is not followed.
+        UnreadableInputError: the file exists but cannot be opened.
 
     A `.gz` file whose data is truncated or corrupt ends at the last line
     that decompressed completely. The source reports `corrupt_file` (and
@@ -271,11 +319,20 @@ class FileSource(_SplitterSource):
         self._position = 0
         self._pending: Chunk | None = None
         self._waiting_reported = False
-        if not self.follow and not self.path.is_file():
-            raise FileNotFoundError(f"input log {self.path} not found")
-        self._open(from_end=from_end)
+        self._open_error: str | None = None
+        if not self.follow:
+            _check_log_file(self.path)
+        try:
+            self._open(from_end=from_end)
+        except OSError as error:
+            raise UnreadableInputError(_open_error_text(self.path, error)) from error
 
     def _open(self, *, from_end: bool = False) -> bool:
+        """Open `path`; return False if it does not exist.
+
+        Raises:
+            OSError: `path` exists but cannot be opened.
+        """
         try:
             handle = _open_log(self.path)
         except FileNotFoundError:
@@ -283,6 +340,9 @@ class FileSource(_SplitterSource):
         self._handle = handle
         self._position = 0
         self._waiting_reported = False
+        if self._open_error is not None:
+            log.info("%s can be opened again; reading it", self.path)
+            self._open_error = None
         self._start_file(self.path.name)
         if from_end and self.follow:
             self._pending = self._skip_existing_lines()
@@ -315,10 +375,8 @@ class FileSource(_SplitterSource):
             return chunk
         deadline = time.monotonic() + timeout
         while not self.finished:
-            if self._handle is None and not self._open():
-                if not self._waiting_reported:
-                    self._waiting_reported = True
-                    self._on_event("waiting", f"waiting for {self.path} to appear")
+            if self._handle is None and not self._reopen():
+                pass
             elif (chunk := self._read_available()) is not None:
                 return chunk
             elif not self.follow:
@@ -331,6 +389,29 @@ class FileSource(_SplitterSource):
                 return None
             time.sleep(min(self.poll_interval, remaining))
         return None
+
+    def _reopen(self) -> bool:
+        """Open the followed `path` again; report once while it cannot be.
+
+        A missing file is a `waiting` event. A file that exists but cannot
+        be opened is an `unreadable_file` event, reported again only when
+        the cause changes, and the next poll tries again.
+        """
+        try:
+            if self._open():
+                return True
+        except OSError as error:
+            message = _open_error_text(self.path, error)
+            if message != self._open_error:
+                self._open_error = message
+                self._on_event(
+                    "unreadable_file", f"{message}. Trying again at every poll"
+                )
+            return False
+        if not self._waiting_reported:
+            self._waiting_reported = True
+            self._on_event("waiting", f"waiting for {self.path} to appear")
+        return False
 
     def _read_available(self) -> Chunk | None:
         """Return the lines of the next block, or None at the end of the data."""
@@ -383,8 +464,9 @@ class FileSource(_SplitterSource):
         current = os.fstat(self._handle.fileno())
         try:
             at_path = os.stat(self.path)
-        except FileNotFoundError:
-            # Renamed, and the new file is not created yet: keep the old one.
+        except OSError:
+            # Renamed, and the new file is not created yet (or its folder
+            # cannot be searched): keep reading the old one.
             return None
 
         if (at_path.st_ino, at_path.st_dev) != (current.st_ino, current.st_dev):
@@ -402,7 +484,7 @@ class FileSource(_SplitterSource):
             self._handle.close()
             self._handle = None
             self._on_event("rotated", f"{self.path} was rotated; reopening it")
-            self._open()
+            self._reopen()
             return None
 
         if current.st_size < self._position:
@@ -504,7 +586,7 @@ class FolderSource:
                     path, max_line_bytes=self._max_line_bytes, on_event=self._on_event
                 )
             except OSError as error:
-                message = f"{path}: cannot be opened ({error}); skipped"
+                message = f"{error}; skipped"
                 if self._on_event is None:
                     log.error("%s", message)
                 else:

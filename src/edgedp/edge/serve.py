@@ -184,6 +184,7 @@ def open_source(settings: ServeSettings, on_event: Any) -> LineSource:
 
     Raises:
         FileNotFoundError: the input does not exist (and is not followed).
+        UnreadableInputError: the input file exists but cannot be opened.
         InputFormatError: the input is one file, read once, whose first
             lines are not a Zeek conn log (see `records.foreign_format`), or
             a followed file whose header names another Zeek log.
@@ -304,6 +305,7 @@ class Gateway:
         BundleError: the bundle is altered, made for another encoder, or
             lacks the model format.
         FileNotFoundError: the input does not exist.
+        UnreadableInputError: the input file exists but cannot be opened.
         InputFormatError: the input is one file, not followed, that is not
             a Zeek conn log, or a followed file whose header names another
             Zeek log (`#path dns`, for example).
