@@ -519,3 +519,54 @@ def test_report_leaves_out_unstarted_bundle(tmp_path):
     assert [manifest["name"] for manifest in files.manifests] == [
         "classifier-plain-seed0"
     ]
+
+
+def test_report_command_while_run_holds_folder(tmp_path):
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    import edgedp.cli.study  # noqa: F401  (registers report)
+    from edgedp.cli import app
+
+    _run_with_bundle(tmp_path)
+    _write_state(tmp_path, ["train/classifier-plain-seed0"])
+    state = json.loads((tmp_path / "state.json").read_text())
+    state["invocations"] = [{"started": "2026-01-01T00:00:00", "status": "running"}]
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    holder_code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from edgedp.study import lock_run_folder\n"
+        "with lock_run_folder(Path(sys.argv[1])):\n"
+        "    print('locked', flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", holder_code, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        rejected = CliRunner().invoke(app, ["report", str(tmp_path)])
+        report_absent = not (tmp_path / "report.md").exists()
+        forced = CliRunner().invoke(app, ["report", str(tmp_path), "--while-running"])
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    after = CliRunner().invoke(app, ["report", str(tmp_path)])
+
+    rejected_text = " ".join(rejected.output.split())
+    assert rejected.exit_code == 1
+    assert f"is in use by a running `edgedp run` (PID {holder.pid})" in rejected_text
+    assert "pass --while-running" in rejected_text
+    assert report_absent, "report.md was written while the run held the folder"
+    assert forced.exit_code == 0, forced.output
+    assert "warning:" in forced.output
+    report = " ".join((tmp_path / "report.md").read_text().split())
+    assert "An invocation is recorded as `running`." in report
+    assert after.exit_code == 0, after.output
+    assert "warning:" not in after.output

@@ -328,11 +328,37 @@ def report(
     run_dir: Annotated[
         Path, typer.Argument(help="Run folder written by `edgedp run`.")
     ],
+    while_running: Annotated[
+        bool,
+        typer.Option(
+            "--while-running",
+            help="Write the report even while an `edgedp run` uses the folder. "
+            "It then shows the stages finished so far.",
+        ),
+    ] = False,
 ) -> None:
     """Write report.md, report.json and figures/ again from a run folder's files."""
     from edgedp.atomic import OutputError, check_writable
     from edgedp.report import ReportError, write_report
-    from edgedp.study import layout
+    from edgedp.study import layout, run_folder_holder
+
+    holder = run_folder_holder(run_dir)
+    if holder is not None and not while_running:
+        console.print(
+            f"[red]error:[/] {escape(str(run_dir))} is in use by a running "
+            f"`edgedp run` (PID {escape(holder)}), which writes the report when "
+            "it ends. Wait for it, or pass --while-running to write a report "
+            "of the stages finished so far.",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    if holder is not None:
+        console.print(
+            f"[yellow]warning:[/] {escape(str(run_dir))} is in use by a running "
+            f"`edgedp run` (PID {escape(holder)}). The report shows that run as "
+            "running and leaves out the cells it has not finished.",
+            highlight=False,
+        )
 
     # Check before drawing, and only inside an existing folder, so that a
     # mistyped path gets the report's own error rather than a new folder.

@@ -90,6 +90,15 @@ def _run_section(report: dict[str, Any]) -> list[str]:
             for item in invocations
         ]
         lines += [table(["started", "status", "wall s", "command"], rows), ""]
+    if any(item.get("status") == "running" for item in invocations):
+        lines += [
+            "**An invocation is recorded as `running`.** Either it was still "
+            "running when this report was written, so the cells and stages it "
+            "had not finished are missing below, or it was killed before it "
+            "could record its end, which the next `edgedp run` on this folder "
+            "marks as interrupted.",
+            "",
+        ]
     seconds = run.get("stage_seconds", {})
     if seconds:
         lines += [

@@ -9,6 +9,7 @@ from edgedp.study.runner import (
     check_training_modules,
     default_jobs,
     lock_run_folder,
+    run_folder_holder,
     run_study,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "check_training_modules",
     "default_jobs",
     "lock_run_folder",
+    "run_folder_holder",
     "run_study",
 ]

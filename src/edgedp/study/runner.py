@@ -270,6 +270,31 @@ def lock_run_folder(out: Path) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+def run_folder_holder(out: str | Path) -> str | None:
+    """Return the PID of the `edgedp run` that holds `out`'s lock, or None.
+
+    The check takes a shared lock on `run.lock` for an instant and releases
+    it. NOTE: a run that starts in that instant fails as if another run held
+    the folder; rerunning it then succeeds.
+
+    Returns:
+        The PID written in `run.lock` ("unknown" if it is empty), or None
+        when no process holds the lock or the folder has no `run.lock`.
+    """
+    path = Path(out) / layout.LOCK
+    try:
+        lock_file = open(path, encoding="ascii")
+    except FileNotFoundError:
+        return None
+    with lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return lock_file.read().strip() or "unknown"
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+    return None
+
+
 class _run_log:
     """Append the `edgedp` package's log records to the run's log file."""
 
