@@ -536,3 +536,35 @@ def test_scores_of_another_file_unmatched(bundles):
     assert set(unmatched) == {"torch", "fp32"}
     assert "record no sha256" in unmatched["torch"]
     assert "had sha256 000000000000…" in unmatched["fp32"]
+
+
+def test_cli_bench_table_fits_80_columns(bundles, tmp_path):
+    import re
+
+    edgedp = str(Path(sys.executable).with_name("edgedp"))
+    out = tmp_path / "bench.json"
+
+    done = subprocess.run(
+        [
+            edgedp,
+            "bench",
+            str(bundles.classifier.root),
+            *("--variant", "fp32", "--variant", "int8"),
+            *("--samples", "50", "--repeat", "2", "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+
+    # The console, the table included, writes to stderr.
+    output = done.stderr
+    assert done.returncode == 0, output
+    assert max(len(line) for line in output.splitlines()) <= 80
+    assert "…" not in output
+    results = json.loads(out.read_text())["bundles"][0]["variants"]
+    for variant in ("fp32", "int8"):
+        spread = results[variant]["single_seconds"]
+        shown = f"{spread['min']:.4f}-{spread['max']:.4f}"
+        assert re.search(rf"│ +{re.escape(shown)} │", output), variant

@@ -117,9 +117,11 @@ def optimize(
 
 
 def _seconds(spread: dict[str, Any] | None) -> str:
+    # The range goes on a line of its own, so that an 80-column terminal
+    # shows it whole instead of cutting it.
     if spread is None:
         return "-"
-    return f"{spread['median']:.4f} ({spread['min']:.4f}-{spread['max']:.4f})"
+    return f"{spread['median']:.4f}\n{spread['min']:.4f}-{spread['max']:.4f}"
 
 
 def _mebibytes(spread: dict[str, Any] | None) -> str:
@@ -191,14 +193,14 @@ def bench(
 
     for result in results["bundles"]:
         table = Table(
-            title=f"{result['bundle']} ({result['kind']}, {result['flows']} flows, "
-            f"median (min-max) of {repeat})"
+            title=f"{result['bundle']} ({result['kind']}, {result['flows']} flows; "
+            f"seconds: median, then min-max of {repeat} runs)"
         )
-        table.add_column("variant")
+        table.add_column("variant", no_wrap=True)
         table.add_column("file KiB", justify="right")
-        table.add_column("one at a time s", justify="right")
+        table.add_column("one at a time s", justify="right", no_wrap=True)
         table.add_column("CPU µs/flow", justify="right")
-        table.add_column("one batch s", justify="right")
+        table.add_column("one batch s", justify="right", no_wrap=True)
         table.add_column("peak RSS MiB one at a time / after batch", justify="right")
         for name, variant in result["variants"].items():
             size = variant["file_bytes"]
