@@ -165,6 +165,10 @@ def test_unknown_key_names_valid_ones(text, message):
         ('[optimize]\ncalibration = "test"\n', "calibration must be one of"),
         ("[bench]\nsamples = true\n", "[bench] samples must be a whole number"),
         ("[bench]\nrepeats = 0\n", "[bench] repeats must be a whole number"),
+        (
+            "[membership]\nsamples = 99\n",
+            "samples must be a whole number of at least 100",
+        ),
         ('[data]\nscenarios = ["../up"]\n', "[data] scenarios must"),
         ('[data]\nbase_url = "ftp://x"\n', "base_url must be an http://"),
         ('[prepare]\nclasses = ["DDoS", "C&C"]\n', "add Benign or drop autoencoder"),

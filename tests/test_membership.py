@@ -436,6 +436,7 @@ def _another_encoder(dataset, folder: Path) -> Path:
     ("case", "message"),
     [
         ("samples 0", "Invalid value for '--samples'"),
+        ("samples 1", "1 is below the minimum of 100"),
         ("missing bundle", "is not a bundle (bundle.json not found)"),
         ("another encoder", "was encoded with feature encoder 0-other"),
         ("another split", "split files differ"),
@@ -446,8 +447,8 @@ def test_cli_audit_rejects(
 ):
     bundle = str(classifier.root)
     data = str(prepared_iot23.root)
-    if case == "samples 0":
-        arguments = [bundle, "--data", data, "--samples", "0"]
+    if case.startswith("samples"):
+        arguments = [bundle, "--data", data, "--samples", case.split()[1]]
     elif case == "missing bundle":
         arguments = [str(tmp_path / "no-bundle"), "--data", data]
     elif case == "another split":

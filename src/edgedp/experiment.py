@@ -365,7 +365,7 @@ class MembershipSettings:
     samples: int = config.MEMBERSHIP_SAMPLES
 
     def __post_init__(self) -> None:
-        _check_whole("samples", self.samples, minimum=1)
+        _check_whole("samples", self.samples, minimum=config.MIN_MEMBERSHIP_SAMPLES)
 
 
 @dataclass(frozen=True)
