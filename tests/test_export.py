@@ -568,3 +568,33 @@ def test_cli_bench_table_fits_80_columns(bundles, tmp_path):
         spread = results[variant]["single_seconds"]
         shown = f"{spread['min']:.4f}-{spread['max']:.4f}"
         assert re.search(rf"│ +{re.escape(shown)} │", output), variant
+
+
+def test_interrupt_dropped_by_gc_callback_stops(bundles):
+    import gc
+    import signal
+
+    path = bundles.copy(bundles.classifier, "interrupted")
+    before = _manifest(path)
+    hook = sys.unraisablehook
+    calls = []
+
+    # JAX's garbage-collection callback drops a Ctrl-C that lands in it in
+    # the same way: Python reports the exception as unraisable and goes on.
+    def interrupt_once(phase: str, info: dict) -> None:
+        if phase == "start" and not calls:
+            calls.append(phase)
+            signal.raise_signal(signal.SIGINT)
+
+    gc.callbacks.append(interrupt_once)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            optimize_bundle(path, force=True)
+    finally:
+        gc.callbacks.remove(interrupt_once)
+
+    assert calls == ["start"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert sys.unraisablehook is hook
+    after = load_bundle(path)
+    assert after.manifest["files"] == before["files"]

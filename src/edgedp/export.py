@@ -25,9 +25,12 @@ import contextlib
 import logging
 import os
 import re
+import signal
+import sys
 import tempfile
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -721,7 +724,34 @@ def optimize_bundle(
         DatasetError: the prepared dataset is missing or unreadable.
         OutputError: the bundle folder is not writable, checked before the
             conversion starts.
+        KeyboardInterrupt: Ctrl-C, also one that a converter's callback
+            swallowed (see `_interrupt_checkpoints`). `bundle.json` then
+            lists the old LiteRT files, the new ones, or neither (when
+            `add_files` was cut short), and always loads.
     """
+    with _interrupt_checkpoints() as checkpoint:
+        return _optimize_bundle(
+            bundle,
+            data=data,
+            calibration=calibration,
+            calibration_size=calibration_size,
+            seed=seed,
+            force=force,
+            checkpoint=checkpoint,
+        )
+
+
+def _optimize_bundle(
+    bundle: Bundle | str | Path,
+    *,
+    data: str | Path | PreparedDataset | None,
+    calibration: str,
+    calibration_size: int,
+    seed: int,
+    force: bool,
+    checkpoint: Callable[[], None],
+) -> Bundle:
+    """Do the work of `optimize_bundle`, calling `checkpoint` between steps."""
     if isinstance(bundle, Bundle):
         bundle = load_bundle(bundle.root)
     else:
@@ -779,9 +809,11 @@ def optimize_bundle(
 
     logger.info("converting %s to LiteRT float32", bundle.root)
     fp32_named = convert_fp32(model, n_features)
+    checkpoint()
     logger.info("quantizing to int8 on %d %s flows", len(flows), calibration)
     int8_content = _strip_names(quantize_int8(fp32_named, flows))
     fp32_content = _strip_names(fp32_named)
+    checkpoint()
 
     validation = dataset.split("validation")
     formats = _score_formats(bundle, model, fp32_content, int8_content, validation)
@@ -804,6 +836,7 @@ def optimize_bundle(
         flows = calibrate(calibration)
         int8_content = _strip_names(quantize_int8(fp32_named, flows))
         formats = _score_formats(bundle, model, fp32_content, int8_content, validation)
+        checkpoint()
         recorded = {
             **requested,
             "source": calibration,
@@ -825,6 +858,7 @@ def optimize_bundle(
         fallback=recorded,
     )
 
+    checkpoint()
     updated = add_files(
         bundle,
         {
@@ -842,6 +876,64 @@ def optimize_bundle(
         bundle.root,
     )
     return updated
+
+
+@contextlib.contextmanager
+def _interrupt_checkpoints() -> Iterator[Callable[[], None]]:
+    """Raise KeyboardInterrupt for a Ctrl-C that a library swallowed.
+
+    litert-torch's conversion imports JAX, which registers a garbage
+    collection callback when it is imported (`_xla_gc_callback` in jax
+    0.10.2). Python prints an exception raised inside such a callback as
+    "Exception ignored" and goes on, so a Ctrl-C that lands there is lost.
+    Inside the block, SIGINT also sets a flag, and a dropped
+    KeyboardInterrupt goes to the debug log instead of its traceback. The
+    yielded function raises KeyboardInterrupt when the flag is set, and so
+    does leaving the block. Ctrl-C still raises at once wherever Python
+    can raise it. Outside the main thread, or when SIGINT is not handled by
+    a Python function, the block changes nothing.
+
+    NOTE: JAX's callback stays registered after the block, so a Ctrl-C that
+    it swallows later in the process, such as while `edgedp optimize`
+    prints its table, is still lost.
+    """
+    received = threading.Event()
+
+    def checkpoint() -> None:
+        if received.is_set():
+            raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if not (in_main_thread and callable(previous)):
+        yield checkpoint
+        return
+
+    def handle(number: int, frame: Any) -> None:
+        received.set()
+        previous(number, frame)
+
+    previous_hook = sys.unraisablehook
+    # Logged after the block, because `_quiet_libraries` disables logging
+    # during the conversion.
+    swallowed: list[str] = []
+
+    def report_unraisable(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            swallowed.append(repr(unraisable.object))
+            return
+        previous_hook(unraisable)
+
+    signal.signal(signal.SIGINT, handle)
+    sys.unraisablehook = report_unraisable
+    try:
+        yield checkpoint
+    finally:
+        sys.unraisablehook = previous_hook
+        signal.signal(signal.SIGINT, previous)
+        for location in swallowed:
+            logger.debug("Ctrl-C was dropped in %s; stopped at the next step", location)
+    checkpoint()
 
 
 def calibration_ledger(
