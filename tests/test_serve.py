@@ -765,6 +765,53 @@ def test_other_zeek_log_rejected(gateway_bundles, tmp_path, follow):
     assert message in result.stderr
 
 
+DNS_JSON = {
+    "ts": 1545403816.5,
+    "uid": "Cdns1",
+    "id.orig_h": "192.168.1.195",
+    "id.orig_p": 5353,
+    "id.resp_h": "192.168.1.1",
+    "id.resp_p": 53,
+    "proto": "udp",
+    "query": "example.com",
+}
+
+
+@pytest.mark.parametrize(
+    ("record", "follow", "message"),
+    [
+        (
+            {"_path": "dns", **DNS_JSON},
+            False,
+            "is a Zeek dns log; edgedp reads conn logs (#path conn)",
+        ),
+        (
+            {"_path": "dns", **DNS_JSON},
+            True,
+            "is a Zeek dns log; edgedp reads conn logs (#path conn)",
+        ),
+        (
+            DNS_JSON,
+            False,
+            "is not a Zeek conn log: its first JSON object lacks conn_state",
+        ),
+    ],
+    ids=["path-once", "path-follow", "fields-once"],
+)
+def test_other_json_log_rejected(gateway_bundles, tmp_path, record, follow, message):
+    log = tmp_path / "dns.log"
+    log.write_text(json.dumps(record) + "\n")
+
+    result = _serve_cli(
+        [str(gateway_bundles["classifier"]), "--input", str(log)]
+        + ["--alerts", "/dev/null"]
+        + (["--follow"] if follow else [])
+    )
+
+    assert result.returncode == 2
+    assert f"error: {log} {message}" in result.stderr
+
+
 def _as_unprivileged_user(args: list[str]) -> list[str]:
     """Prefix `args` to run them as nobody when the tests run as root."""
     if os.geteuid() != 0:

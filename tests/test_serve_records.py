@@ -117,9 +117,8 @@ def test_tsv_values_match_zeek_module(iot23):
             assert list(flows.columns[name]) == expected
 
 
-def test_json_lines_encode_like_tsv(iot23):
-    path = iot23 / "zeek/CTU-Honeypot-Capture-5-1.conn.log.labeled"
-    tsv = _parse_file(Recorder().parser(), path)
+def _json_records(tsv: FlowColumns) -> list[dict]:
+    """Return parsed TSV flows as Zeek writes them in JSON: unset fields left out."""
     records = []
     for row in range(len(tsv)):
         record = {}
@@ -133,6 +132,13 @@ def test_json_lines_encode_like_tsv(iot23):
             elif value not in ("-", "(empty)"):
                 record[name] = value
         records.append(record)
+    return records
+
+
+def test_json_lines_encode_like_tsv(iot23):
+    path = iot23 / "zeek/CTU-Honeypot-Capture-5-1.conn.log.labeled"
+    tsv = _parse_file(Recorder().parser(), path)
+    records = _json_records(tsv)
     # Zeek writes ISO 8601 timestamps when LogAscii::json_timestamps is set.
     records[0]["ts"] = datetime.fromtimestamp(records[0]["ts"], UTC).isoformat()
     lines = [json.dumps(record).encode() for record in records]
@@ -146,6 +152,118 @@ def test_json_lines_encode_like_tsv(iot23):
     assert flow_time(parsed.columns["ts"][0]) == pytest.approx(
         flow_time(tsv.columns["ts"][0]), abs=1e-6
     )
+
+
+def _nest_id(record: dict) -> dict:
+    """Move the `id.*` fields into an `id` object, as some JSON exporters do."""
+    nested: dict = {}
+    for name, value in record.items():
+        if name.startswith("id."):
+            nested.setdefault("id", {})[name.removeprefix("id.")] = value
+        else:
+            nested[name] = value
+    return nested
+
+
+def test_nested_json_encodes_like_flat(iot23):
+    path = iot23 / "zeek/CTU-IoT-Malware-Capture-42-1.conn.log.labeled"
+    tsv = _parse_file(Recorder().parser(), path)
+    records = _json_records(tsv)
+    nested = [_nest_id(record) for record in records]
+    # Exports spell the dotted names with underscores; prepare folds them too.
+    nested[1] = {name.replace(".", "_"): value for name, value in records[1].items()}
+    flat_lines = [json.dumps(record).encode() for record in records]
+    nested_lines = [json.dumps(record).encode() for record in nested]
+
+    recorder = Recorder()
+    flat = recorder.parser().parse(_chunk(flat_lines))
+    parsed = recorder.parser().parse(_chunk(nested_lines))
+
+    assert b'"id": {"orig_h"' in nested_lines[0]
+    assert recorder.bad == []
+    assert len(parsed) == len(tsv)
+    np.testing.assert_array_equal(_encode(parsed), _encode(flat))
+    for name in ("uid", "id.orig_h", "id.resp_h"):
+        assert list(parsed.columns[name]) == list(flat.columns[name]), name
+    np.testing.assert_array_equal(parsed.columns["id.orig_p"], tsv.columns["id.orig_p"])
+
+
+def test_nested_object_in_numeric_field_is_bad_json():
+    record = json.loads(GOOD_JSON)
+    record["duration"] = {"value": 3.1}
+    details: list[tuple[str, str]] = []
+    parser = LineParser(
+        FIELDS,
+        on_bad_line=lambda reason, source, line, detail: details.append(
+            (reason, detail)
+        ),
+    )
+
+    flows = parser.parse(_chunk([json.dumps(record).encode()]))
+
+    assert len(flows) == 0
+    assert details == [("bad_json", "duration is an object, expected a number")]
+
+
+def test_json_lines_without_conn_fields_skipped():
+    record = json.loads(GOOD_JSON)
+    no_state = {name: value for name, value in record.items() if name != "conn_state"}
+    lines = [
+        GOOD_JSON.encode(),
+        b"{}",
+        b'{"uid": "x"}',
+        json.dumps(no_state).encode(),
+        json.dumps({**record, "service": None, "duration": None}).encode(),
+    ]
+    details: list[tuple[str, int, str]] = []
+    parser = LineParser(
+        FIELDS,
+        on_bad_line=lambda reason, source, line, detail: details.append(
+            (reason, line, detail)
+        ),
+    )
+
+    flows = parser.parse(_chunk(lines))
+
+    assert list(flows.lines) == [1, 5]
+    assert [(reason, line) for reason, line, _ in details] == [
+        ("missing_fields", 2),
+        ("missing_fields", 3),
+        ("missing_fields", 4),
+    ]
+    assert details[0][2].startswith("no ts, uid, id.orig_h, id.orig_p, id.resp_h")
+    assert details[1][2].startswith("no ts, id.orig_h")
+    assert details[2][2] == "no conn_state, which every conn.log line has"
+
+
+def test_json_dns_log_noticed_once(iot23):
+    dns = [
+        json.dumps(
+            {
+                "ts": 1545403816.5 + index,
+                "uid": f"Cdns{index}",
+                "id.orig_h": "192.168.1.195",
+                "id.orig_p": 5353,
+                "id.resp_h": "192.168.1.1",
+                "id.resp_p": 53,
+                "proto": "udp",
+                "trans_id": index,
+                "query": "example.com",
+            }
+        ).encode()
+        for index in range(3)
+    ]
+    recorder = Recorder()
+    parser = recorder.parser()
+
+    flows = parser.parse(_chunk(dns))
+
+    assert len(flows) == 0
+    assert len(recorder.notices) == 1
+    assert "its first JSON object lacks conn_state" in recorder.notices[0]
+    assert recorder.bad == [("missing_fields", 1), ("missing_fields", 2)] + [
+        ("missing_fields", 3)
+    ]
 
 
 HEADER = [
@@ -542,7 +660,11 @@ def test_field_count_with_field_after_labels(iot23, tmp_path):
     ("lines", "expected"),
     [
         ([b"#separator \\x09", b"#fields\tts"], None),
-        ([b'{"ts": 1.0, "uid": "C1"}'], None),
+        ([GOOD_JSON.encode()], None),
+        ([b'{"ts": 1.0, "id": {"orig_h": "10', GOOD_JSON.encode()], None),
+        ([b'{"ts": 1.0, "uid": "C1"}'], "lacks id.orig_h, id.orig_p"),
+        ([b'{"_path": "dns", "ts": 1.0}'], "Zeek dns log"),
+        ([b'{"_path": "conn", ' + GOOD_JSON.encode()[1:]], None),
         ([b"", GOOD], None),
         ([], None),
         ([b"ts,uid,id.orig_h", b"1.0,C1,10.0.0.1"], "looks like a CSV export"),

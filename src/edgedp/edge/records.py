@@ -6,7 +6,7 @@ float64 arrays (NaN when unset). String fields stay lists of the logged text,
 in which Zeek's markers (`-`, `(empty)`) and None mean unset; `categorical`
 turns one into the encoder's dictionary-encoded input. The parser reads Zeek
 TSV, with the header directives and line splitting of `edgedp.zeek`, and
-Zeek JSON lines.
+Zeek JSON lines, whose nested objects it flattens (see `edgedp.edge.jsonlines`).
 
 Bad input never raises. A line is skipped, and reported through the
 `on_bad_line` callback with its file and line number, when it is:
@@ -18,7 +18,8 @@ Bad input never raises. A line is skipped, and reported through the
 - `bad_json`: a JSON line that is not an object, or a field of the wrong type;
 - `bad_header`: a directive line that `edgedp.zeek` rejects;
 - `missing_fields`: a data line of a header block whose `#fields` lacks a
-  field the encoder needs.
+  field the encoder needs, or a JSON line without one of the fields that
+  Zeek writes on every conn.log line (`jsonlines.ALWAYS_LOGGED`).
 
 A TSV file without a `#fields` directive is read with the standard conn.log
 layout (`zeek.CONN_FIELDS`, or `zeek.LABELED_CONN_FIELDS` when the first
@@ -46,7 +47,6 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
@@ -57,6 +57,14 @@ import numpy as np
 from edgedp import features as encoder
 from edgedp import zeek
 from edgedp.edge.follow import Chunk
+from edgedp.edge.jsonlines import (
+    ALWAYS_LOGGED,
+    RecordFlattener,
+    json_value,
+    may_nest,
+    missing_fields,
+    other_json_log,
+)
 
 TSV = "tsv"
 JSON = "json"
@@ -240,7 +248,7 @@ def foreign_format(
             return f"it is a Zeek {kind} log; {OTHER_LOG_HINT}"
         return None
     if text.startswith("{"):
-        return None
+        return _json_log_problem(sample)
 
     shown = text if len(text) <= 60 else text[:57] + "..."
     if "\t" in text:
@@ -264,6 +272,35 @@ def foreign_format(
     )
 
 
+def _json_log_problem(lines: Sequence[bytes | None]) -> str | None:
+    """Describe why the first JSON object of a log is not a conn.log record.
+
+    Like `edgedp prepare`, only the first line that is a whole JSON object
+    counts, so a log that starts with a cut line is still recognised.
+    """
+    for line in lines:
+        if line is None:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        kind = other_json_log(line)
+        if kind is not None:
+            return f"it is a Zeek {kind} log; {OTHER_LOG_HINT}"
+        absent = missing_fields(RecordFlattener()(record), ALWAYS_LOGGED)
+        if not absent:
+            return None
+        return (
+            f"its first JSON object lacks {', '.join(absent)}, which Zeek "
+            "writes on every conn.log line, so it is another log, such as a "
+            "Zeek dns or http log in JSON"
+        )
+    return None
+
+
 OTHER_LOG_HINT = "edgedp reads conn logs (#path conn)"
 """The end of the message for a Zeek log of another kind, as `edgedp inspect`
 words it."""
@@ -272,10 +309,14 @@ words it."""
 def other_log_path(lines: Sequence[bytes | None]) -> str | None:
     """Return the `#path` of a leading Zeek header that names a non-conn log.
 
-    Only the directive lines at the top of `lines` are read. Returns None
-    for a conn log, for a header without `#path`, and for lines that do not
-    start with a Zeek header.
+    Only the directive lines at the top of `lines` are read, or the `_path`
+    field of a first line that is a JSON object (see
+    `jsonlines.other_json_log`). Returns None for a conn log, for a header
+    without `#path`, and for lines that do not start with a Zeek header.
     """
+    first = next((line for line in lines if line is None or line.strip()), None)
+    if first is not None and first.lstrip().startswith(b"{"):
+        return other_json_log(first)
     header = zeek.Header()
     for line in lines[:_SNIFF_LINES]:
         if line is None:
@@ -356,6 +397,11 @@ class LineParser:
         self._header: zeek.Header | None = None
         self._layout: _Layout | None = None
         self._sniffed = False
+        self._flatten = RecordFlattener()
+        self._required_json_order = tuple(
+            name for name in ALWAYS_LOGGED if name in self.fields
+        )
+        self._required_json_fields = frozenset(self._required_json_order)
         self.foreign_input: str | None = None
         """What the current file looks like when it is not a Zeek conn log
         (see `foreign_format`), else None."""
@@ -683,13 +729,25 @@ class LineParser:
         raw: dict[str, list[Any]] = {name: [] for name in self.fields}
         keep: list[int] = []
         numeric = set(self.numeric_fields) | TEXT_FIELDS
+        required = self._required_json_fields
+        nested = may_nest(text)
         for index, line in enumerate(text.split("\n")):
             try:
                 record = json.loads(line)
                 if not isinstance(record, dict):
                     raise ValueError(f"expected an object, got {type(record).__name__}")
+                record = self._flatten(record, may_nest=nested)
+                if not required <= record.keys():
+                    absent = missing_fields(record, self._required_json_order)
+                    self._on_bad_line(
+                        "missing_fields",
+                        chunk.source,
+                        int(numbers[index]),
+                        f"no {', '.join(absent)}, which every conn.log line has",
+                    )
+                    continue
                 values = [
-                    _json_value(name, record.get(name), name in numeric)
+                    json_value(name, record.get(name), name in numeric)
                     for name in self.fields
                 ]
             except ValueError as error:
@@ -785,56 +843,6 @@ def _split_columns(
     return columns
 
 
-def _json_value(name: str, value: Any, numeric: bool) -> Any:
-    """Return a JSON field as a number (numeric fields) or a string."""
-    if value is None:
-        return None
-    if numeric:
-        problem = zeek.json_type_problem(name, value)
-        if problem is not None:
-            raise ValueError(problem)
-    if isinstance(value, bool):
-        raise ValueError(f"{name} is a boolean")
-    if numeric:
-        if name == "ts" and isinstance(value, str) and not _is_decimal(value):
-            return _iso_time(value)
-        if isinstance(value, (int, float, str)):
-            return value
-        raise ValueError(f"{name} has type {type(value).__name__}, expected a number")
-    if isinstance(value, list):
-        return ",".join(str(item) for item in value)
-    if isinstance(value, (str, int, float)):
-        return str(value)
-    raise ValueError(f"{name} has type {type(value).__name__}, expected a string")
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _iso_time(value: str) -> str | None:
-    """Return an ISO 8601 `ts` as epoch seconds text, or None if it is invalid.
-
-    The text has six decimals, as Zeek writes `ts`, and is computed in whole
-    microseconds, because a float would round `9999-12-31T23:59:59.999999`
-    up into year 10000. Digits after the microseconds are truncated (by
-    `datetime.fromisoformat`). A naive time is taken as UTC. An invalid `ts`
-    does not skip the flow, because `ts` is not a feature. Its alert gets
-    `"ts": null`, as in TSV.
-    """
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-
-    micros = (moment - _EPOCH) // _MICROSECOND
-    sign = "-" if micros < 0 else ""
-    whole, micro = divmod(abs(micros), 1_000_000)
-    return f"{sign}{whole}.{micro:06d}"
-
-
 _UNDERSCORE_DIGIT = re.compile(r"_[0-9]")
 
 
@@ -849,14 +857,6 @@ def _may_contain_unusual_number(text: str) -> bool:
     if not text.isascii():
         return True
     return "_" in text and _UNDERSCORE_DIGIT.search(text) is not None
-
-
-def _is_decimal(value: str) -> bool:
-    try:
-        zeek.parse_float(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _number_problem(name: str, value: Any) -> str:
