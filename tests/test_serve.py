@@ -712,6 +712,64 @@ def test_unwritable_alerts_rejected(gateway_bundles, iot23, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_full_alert_output_exits_3(gateway_bundles, iot23):
+    result = _serve_cli(
+        [str(gateway_bundles["classifier"]), "--input", str(iot23 / ZEEK_LOGS["5-1"])]
+        + ["--all", "--alerts", "/dev/full"]
+    )
+
+    assert result.returncode == 3, result.stderr
+    assert (
+        "ERROR cannot write alerts to the alert file /dev/full: No space left "
+        "on device; 0 of the batch's"
+    ) in result.stderr
+    assert "events: alert_write_failed 1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# Runs a command with writes past a file size limit failing with EFBIG. A
+# write that crosses the limit writes up to it, as on a disk that fills up.
+# Python ignores SIGXFSZ, so the next write fails instead of killing serve.
+LIMIT_FILE_SIZE = """
+import os, resource, sys
+
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def test_partial_alert_line_cut_at_next_start(gateway_bundles, iot23, tmp_path):
+    alerts = tmp_path / "alerts.jsonl"
+    arguments = [*EDGEDP, "serve", str(gateway_bundles["classifier"])]
+    arguments += ["--input", str(iot23 / ZEEK_LOGS["5-1"])]
+    arguments += ["--all", "--alerts", str(alerts)]
+
+    failed = subprocess.run(
+        [sys.executable, "-c", LIMIT_FILE_SIZE, "10000", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    size = alerts.stat().st_size
+    restarted = subprocess.run(arguments, capture_output=True, text=True, timeout=120)
+    lines = alerts.read_text().splitlines()
+
+    assert failed.returncode == 3, failed.stderr
+    assert "File too large" in failed.stderr
+    assert "the output ends in an unfinished line" in failed.stderr
+    assert size == 10_000
+    assert restarted.returncode == 0, restarted.stderr
+    assert f"{alerts} ended in an unfinished alert line" in restarted.stderr
+    # Every line is whole JSON: the lines of the first run that fit, then
+    # all 1374 of the second. The log's flows start on line 9.
+    records = [json.loads(line) for line in lines]
+    kept = len(records) - 1374
+    assert 0 < kept < 1374
+    assert [record["line"] for record in records[:kept]] == list(range(9, 9 + kept))
+    assert [record["line"] for record in records[kept:]] == list(range(9, 9 + 1374))
+
+
 @pytest.mark.parametrize(
     ("kind", "option", "value"),
     [

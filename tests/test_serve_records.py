@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import Counter
 from datetime import UTC, datetime
@@ -592,6 +593,37 @@ def test_failed_reopen_keeps_file(tmp_path):
     writer.close()
 
     assert written == 1
+
+
+@pytest.mark.parametrize(
+    ("existing", "kept", "message"),
+    [
+        (b"", b"", None),
+        (b'{"ts":1.0}\n{"ts":2.0,"uid":"C', b'{"ts":1.0}\n', "unfinished alert line"),
+        (b'{"ts":2.0,"uid":"C', b"", "unfinished alert line"),
+        (b"notes without newline", b"notes without newline\n", "appended one"),
+        (b'{"ts":1.0}\n', b'{"ts":1.0}\n', None),
+    ],
+    ids=["empty", "cut-alert", "only-cut-alert", "other-text", "whole"],
+)
+def test_alert_file_opened_at_line_boundary(tmp_path, caplog, existing, kept, message):
+    path = tmp_path / "alerts.jsonl"
+    path.write_bytes(existing)
+    flows = Recorder().parser().parse(_chunk(HEADER + [GOOD]))
+
+    with caplog.at_level(logging.WARNING, logger="edgedp.edge.alerts"):
+        writer = _writer(path)
+    writer.write(flows, _flagged(1))
+    writer.close()
+    content = path.read_bytes()
+
+    assert content.startswith(kept)
+    assert json.loads(content[len(kept) :])["uid"] == "Cgood1"
+    if message is None:
+        assert caplog.records == []
+    else:
+        (record,) = caplog.records
+        assert message in record.getMessage()
 
 
 def _flagged(count: int) -> Verdicts:

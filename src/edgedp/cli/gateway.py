@@ -28,12 +28,17 @@ from edgedp.cli import app
 _DESCRIPTION = (
     "Classify the flows of a Zeek conn.log with a bundle and write one JSON "
     "line per alert. Exits 0 when the input ends or on SIGTERM/SIGINT (pending "
-    "flows are classified first), 1 when the alert output closes, 2 on invalid "
+    "flows are classified first), 1 when the alert output closes, 3 when alert "
+    "lines cannot be written (a full disk, for example), 2 on invalid "
     "options, an alert file that cannot be written, a bundle that fails "
     "verification, an input that cannot be opened, or an input file that is "
     "not a Zeek conn log (read once, or followed and naming another log in "
     "its #path header)."
 )
+
+
+ALERT_WRITE_FAILED = 3
+"""Exit status when alert lines cannot be written, such as on a full disk."""
 
 
 def _finite(value: str) -> float:
@@ -233,6 +238,8 @@ def run_serve(argv: list[str]) -> int:
     totals = gateway.run()
     if totals["events"].get("alert_output_closed"):
         return 1
+    if totals["events"].get("alert_write_failed"):
+        return ALERT_WRITE_FAILED
     problem = gateway.input_problem(totals)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)

@@ -15,25 +15,36 @@ Each line describes one flow:
   followed file keeps its name after a rotation or truncation, and its line
   numbers restart at 1, so `uid` distinguishes such flows.
 
-Lines are written with one `write` call per batch on a file opened in append
-mode, so readers never see half a batch interleaved with other writers'
-output, and `reopen` (on SIGHUP) lets logrotate move the alert file away.
+Each batch of lines goes to the kernel in one `write(2)` call on a file
+opened with `O_APPEND`, so each batch starts at the end of the file, also
+with other writers. A call that writes only part of the batch, which for a
+regular file happens when the disk is full or a size limit is reached, is
+repeated for the rest; the failure that follows raises `AlertWriteError`.
+An alert file whose last line is unfinished is cut back to its last newline
+when it is opened. `reopen` (on SIGHUP) lets logrotate move the alert file
+away.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import math
+import os
+import stat
 import sys
 from datetime import datetime, timedelta
 from json.encoder import encode_basestring_ascii as _quote  # type: ignore[attr-defined]
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
 from edgedp.atomic import OutputError, check_writable
 from edgedp.edge.records import MISSING_MARKERS, FlowColumns, flow_time
 from edgedp.edge.verdicts import Verdicts
+
+log = logging.getLogger(__name__)
 
 
 def _number(value: float, digits: int = 6) -> str:
@@ -137,8 +148,25 @@ def _exact_microseconds(text: str) -> int | None:
     return -micros if negative else micros
 
 
-def open_alert_file(path: Path) -> TextIO:
-    """Open the alert file for appending, creating it and its folders.
+class AlertWriteError(OutputError):
+    """Alert lines that could not be written, such as on a full disk."""
+
+
+_ALERT_START = b'{"ts":'
+"""The first bytes of every alert line, which set an unfinished alert line
+apart from other text at the end of the alert file."""
+
+_TAIL_SEARCH_BYTES = 1 << 20
+"""Bytes at the end of the alert file searched for the last newline. An
+alert line is a few hundred bytes, so an unfinished one is far shorter."""
+
+
+def open_alert_file(path: Path) -> int:
+    """Open the alert file for appending and return its file descriptor.
+
+    Creates the file and its folders. A regular file whose last line is
+    unfinished is brought back to a line boundary first (see
+    `end_at_line_boundary`).
 
     Raises:
         OutputError: `path` is a folder, or the file cannot be created or
@@ -152,13 +180,77 @@ def open_alert_file(path: Path) -> TextIO:
     if not path.exists():
         # Creates the missing folders and checks that a file can be made there.
         check_writable(path)
+    flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     try:
-        return open(path, "a", encoding="ascii", buffering=1 << 16)
+        try:
+            # Read access lets the unfinished last line be found and cut.
+            descriptor = os.open(path, flags | os.O_RDWR, 0o666)
+        except PermissionError:
+            descriptor = os.open(path, flags | os.O_WRONLY, 0o666)
+            log.debug("%s is not readable; its last line is not checked", path)
+        else:
+            end_at_line_boundary(descriptor, path)
     except OSError as error:
         raise OutputError(
             f"cannot append to the alert file {path}: {error.strerror or error}; "
             "make it writable or choose another --alerts path"
         ) from error
+    return descriptor
+
+
+def end_at_line_boundary(descriptor: int, path: Path) -> None:
+    """Make a regular file opened for reading and appending end with a newline.
+
+    An unfinished alert line, left when a disk filled up during a write, is
+    cut off, so that every line of the file is whole JSON. Other text
+    without a final newline gets a newline, so that it is kept and the next
+    alert starts on a line of its own. Both are logged as warnings.
+
+    NOTE: a second writer that appends to the same file at this moment could
+    have its unfinished line cut. Two runs of serve should not share one
+    alert file.
+    """
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+        return
+    start = max(0, info.st_size - _TAIL_SEARCH_BYTES)
+    tail = os.pread(descriptor, info.st_size - start, start)
+    if tail.endswith(b"\n"):
+        return
+
+    newline = tail.rfind(b"\n")
+    unfinished = tail[newline + 1 :]
+    if (newline >= 0 or start == 0) and unfinished.startswith(_ALERT_START):
+        os.ftruncate(descriptor, start + newline + 1)
+        log.warning(
+            "%s ended in an unfinished alert line of %d bytes, which an earlier "
+            "run could not finish writing; cut it off",
+            path,
+            len(unfinished),
+        )
+        return
+    os.write(descriptor, b"\n")
+    log.warning(
+        "%s did not end with a newline; appended one so that alert lines "
+        "start on a line of their own",
+        path,
+    )
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    """Write `data` in one `os.write` call, repeated only for what it left.
+
+    Raises:
+        OSError: the write failed. `written` on the exception is the number
+            of bytes that reached the file before.
+    """
+    written = 0
+    while written < len(data):
+        try:
+            written += os.write(descriptor, data[written:])
+        except OSError as error:
+            error.written = written  # type: ignore[attr-defined]
+            raise
 
 
 class AlertWriter:
@@ -191,8 +283,7 @@ class AlertWriter:
             f',"bundle_id":{_quote(bundle_id)},"model_format":{_quote(model_format)}'
         )
         self._format_time = _TimeFormatter()
-        self._stream: TextIO = sys.stdout
-        self._owned = False
+        self._descriptor: int | None = None
         self.reopen()
 
     def reopen(self) -> None:
@@ -207,11 +298,10 @@ class AlertWriter:
         """
         if self.path is None:
             return
-        stream = open_alert_file(self.path)
-        if self._owned:
-            self._stream.close()
-        self._stream = stream
-        self._owned = True
+        descriptor = open_alert_file(self.path)
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+        self._descriptor = descriptor
 
     def write(self, flows: FlowColumns, verdicts: Verdicts) -> int:
         """Write the lines for one batch; return how many were written."""
@@ -251,9 +341,44 @@ class AlertWriter:
             strict=True,
         )
         text = "".join(self._format_line(*record) for record in records)
-        self._stream.write(text)
-        self._stream.flush()
+        self._output(text.encode("ascii"), len(picked))
         return len(picked)
+
+    def _output(self, data: bytes, lines: int) -> None:
+        """Write the encoded lines of one batch.
+
+        Raises:
+            BrokenPipeError: stdout was closed by its reader.
+            AlertWriteError: the write failed for another reason.
+        """
+        descriptor = self._descriptor
+        if descriptor is None:
+            try:
+                descriptor = sys.stdout.fileno()
+            except (AttributeError, io.UnsupportedOperation):
+                # A stdout without a file descriptor, as under pytest's capture.
+                sys.stdout.write(data.decode("ascii"))
+                sys.stdout.flush()
+                return
+            sys.stdout.flush()
+        try:
+            _write_all(descriptor, data)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            written = getattr(error, "written", 0)
+            complete = data.count(b"\n", 0, written)
+            name = "stdout" if self.path is None else f"the alert file {self.path}"
+            message = (
+                f"cannot write alerts to {name}: {error.strerror or error}; "
+                f"{complete} of the batch's {lines} alert lines were written"
+            )
+            if written and data[written - 1 : written] != b"\n":
+                message += (
+                    ", and the output ends in an unfinished line, which the next "
+                    "start cuts off"
+                )
+            raise AlertWriteError(message) from error
 
     def _format_line(
         self,
@@ -294,7 +419,6 @@ class AlertWriter:
         ]
 
     def close(self) -> None:
-        self._stream.flush()
-        if self._owned:
-            self._stream.close()
-            self._owned = False
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None

@@ -8,7 +8,9 @@ one JSON line per flagged flow (or per flow with `all_flows`).
 A batch is classified as soon as it has `batch` flows, when its oldest flow
 has waited `max_delay` seconds since it was read, or when the input ends.
 SIGTERM and SIGINT stop reading, classify the pending flows and return, so
-no flow already read is lost. An unfinished last line is dropped and counted
+no flow already read is lost. A failed write of the alert output (a closed
+pipe, a full disk) stops the run too, with an `alert_output_closed` or
+`alert_write_failed` event. An unfinished last line is dropped and counted
 as a `truncated` bad line and a `partial_dropped` event. SIGHUP reopens the
 alert file.
 
@@ -39,7 +41,7 @@ import numpy as np
 from edgedp import features as encoder
 from edgedp.atomic import OutputError
 from edgedp.bundle import Bundle, BundleError, load_bundle
-from edgedp.edge.alerts import AlertWriter
+from edgedp.edge.alerts import AlertWriteError, AlertWriter
 from edgedp.edge.follow import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_POLL_INTERVAL,
@@ -427,6 +429,9 @@ class Gateway:
             log.error("the alert output was closed by its reader; stopping")
             self.stats.events["alert_output_closed"] += 1
             _silence_stdout()
+        except AlertWriteError as error:
+            log.error("%s; stopping", error)
+            self.stats.events["alert_write_failed"] += 1
         finally:
             self.source.close()
             self._close_writer()
