@@ -28,7 +28,7 @@ import pytest
 from edgedp import zeek
 from edgedp.bundle import INT8_MODEL, MANIFEST_NAME, write_manifest
 from edgedp.edge.serve import Gateway, ServeSettings
-from edgedp.edge.stats import ServeStats
+from edgedp.edge.stats import MAX_UNKNOWN_CATEGORIES, OTHER_VALUES, ServeStats
 
 ZEEK_LOGS = {
     "34-1": "zeek/CTU-IoT-Malware-Capture-34-1.conn.log.labeled.gz",
@@ -163,6 +163,35 @@ def test_bad_lines_do_not_stop_serve(gateway_bundles, iot23, tmp_path):
     }
     assert totals["flows"] == 4426 - 5
     assert len(alerts) == 4426 - 5
+
+
+def test_unknown_categories_bounded(gateway_bundles, iot23, tmp_path, caplog):
+    header, rows = _split_header(_zeek_text(iot23, "42-1"))
+    fields = zeek.parse_header(header.decode().splitlines()).fields
+    positions = [fields.index(name) for name in ("proto", "service", "conn_state")]
+    changed = []
+    for number, row in enumerate(rows):
+        values = row.rstrip(b"\n").split(b"\t")
+        for position in positions:
+            values[position] = b"new%d" % number
+        changed.append(b"\t".join(values) + b"\n")
+    log = tmp_path / "conn.log"
+    log.write_bytes(header + b"".join(changed))
+
+    with caplog.at_level(logging.WARNING, logger="edgedp.edge.serve"):
+        _, totals = _serve(gateway_bundles["classifier"], log, tmp_path)
+
+    unknown = totals["unknown_categories"]
+    assert totals["flows"] == 4426
+    assert sum(unknown.values()) == 3 * 4426
+    assert len(unknown) == MAX_UNKNOWN_CATEGORIES + 3
+    for field in ("proto", "service", "conn_state"):
+        assert unknown[f"{field}={OTHER_VALUES}"] > 0
+    messages = [record.getMessage() for record in caplog.records]
+    limit = [
+        message for message in messages if "distinct unknown categories" in message
+    ]
+    assert len(limit) == 1
 
 
 def _json_lines(text: bytes, timestamps: list) -> bytes:

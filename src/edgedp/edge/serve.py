@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,8 @@ _VOCABULARIES: dict[str, frozenset[str]] = {
     "service": frozenset(encoder.SERVICES),
 }
 _MAX_REPORTED_UNKNOWN = 1000
-"""Distinct unknown categories remembered for warnings; later ones are only
-counted, so hostile input cannot grow memory without bound."""
+"""Distinct unknown categories that get a warning of their own; later ones
+are counted per field (see `ServeStats.add_unknown_category`)."""
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,7 @@ class Gateway:
         self._stop = False
         self._reopen = False
         self._unknown_seen: set[tuple[str, str]] = set()
+        self._unknown_limit_logged = False
 
     def request_stop(self, *_: Any) -> None:
         """Stop reading; pending flows are still classified (signal-safe)."""
@@ -513,32 +515,50 @@ class Gateway:
         )
 
     def _check_categories(self, flows: FlowColumns) -> None:
-        """Count categories outside the encoder's vocabularies (encoded as other)."""
+        """Count categories outside the encoder's vocabularies (encoded as other).
+
+        One pass counts each column's values, so the cost grows with the
+        batch, not with the number of distinct values. The first
+        `_MAX_REPORTED_UNKNOWN` distinct unknown values get one warning each
+        (rate-limited), and later ones are only counted.
+        """
         for field, vocabulary in _VOCABULARIES.items():
             column = flows.columns.get(field)
             if column is None:
                 continue
-            for value in set(column):
+            for value, count in Counter(column).items():
                 if value is None or value in MISSING_MARKERS:
                     continue
                 names = value.split(",") if field == "service" else [value]
                 if all(name.strip().casefold() in vocabulary for name in names):
                     continue
-                self.stats.unknown_categories[f"{field}={value}"] += column.count(value)
+                self.stats.add_unknown_category(field, value, count)
                 key = (field, value)
-                if key in self._unknown_seen:
-                    continue
-                if len(self._unknown_seen) < _MAX_REPORTED_UNKNOWN:
-                    self._unknown_seen.add(key)
-                row = column.index(value)
-                self.warnings.warn(
-                    "%s:%d: unknown %s %r, encoded as %s=other",
-                    flows.sources[row],
-                    flows.lines[row],
-                    field,
-                    value,
-                    field,
+                if key not in self._unknown_seen:
+                    self._warn_unknown_category(flows, column, field, value)
+
+    def _warn_unknown_category(
+        self, flows: FlowColumns, column: list[Any], field: str, value: str
+    ) -> None:
+        if len(self._unknown_seen) >= _MAX_REPORTED_UNKNOWN:
+            if not self._unknown_limit_logged:
+                self._unknown_limit_logged = True
+                log.warning(
+                    "more than %d distinct unknown categories; later ones are "
+                    "encoded as other and counted, without a warning each",
+                    _MAX_REPORTED_UNKNOWN,
                 )
+            return
+        self._unknown_seen.add((field, value))
+        row = column.index(value)
+        self.warnings.warn(
+            "%s:%d: unknown %s %r, encoded as %s=other",
+            flows.sources[row],
+            flows.lines[row],
+            field,
+            value,
+            field,
+        )
 
     def _bad_line(self, reason: str, source: str, line: int, detail: str) -> None:
         self.stats.add_bad_line(reason)

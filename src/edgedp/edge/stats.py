@@ -101,6 +101,14 @@ class RateLimitedWarnings:
         self._close_window(time.monotonic())
 
 
+MAX_UNKNOWN_CATEGORIES = 1000
+"""Distinct unknown categories counted one by one in `ServeStats`."""
+
+OTHER_VALUES = "(other values)"
+"""The value under which unknown categories past `MAX_UNKNOWN_CATEGORIES`
+are counted, per field."""
+
+
 class ServeStats:
     """Running totals of one `serve` run, reported every `interval` seconds."""
 
@@ -130,6 +138,20 @@ class ServeStats:
         self._window_alerts += alerts
         self.latency.add(latencies)
         self._window_latency.add(latencies)
+
+    def add_unknown_category(self, field: str, value: str, count: int) -> None:
+        """Count `count` flows whose `field` has a value outside the vocabulary.
+
+        The first `MAX_UNKNOWN_CATEGORIES` distinct values are counted one by
+        one, and later ones under `field=(other values)`, so input with ever
+        new values cannot grow memory without bound.
+        """
+        key = f"{field}={value}"
+        if key not in self.unknown_categories and (
+            len(self.unknown_categories) >= MAX_UNKNOWN_CATEGORIES
+        ):
+            key = f"{field}={OTHER_VALUES}"
+        self.unknown_categories[key] += count
 
     def add_bad_line(self, reason: str) -> None:
         self.bad_lines[reason] += 1
