@@ -272,7 +272,10 @@ class FileSource(_SplitterSource):
     NOTE: a file truncated and then refilled beyond the old read position
     between two polls cannot be distinguished from a file that only grew, so
     the lines before the old position are missed. `tail -F` shares this
-    limit. Zeek itself never truncates its logs.
+    limit. Zeek itself never truncates its logs. A truncation also loses
+    every line that was not read yet, and a rotation is noticed only at the
+    end of the data, so a log renamed again before the source opens it is
+    never read.
 
     Args:
         path: the log file. A `.gz` file is read to its end and never
