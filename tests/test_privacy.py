@@ -1,22 +1,31 @@
 """DP-SGD wiring: settings checks, calibration, clipping, noise and sampling."""
 
+import logging
 import math
 import pickle
+import re
+import subprocess
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from edgedp import privacy
 from edgedp.models import ReconstructionLoss
 from edgedp.privacy import (
     CLIPPING_MODES,
+    MAX_ACCOUNTANT_DOMAIN,
     DeltaError,
     DPSettings,
     DPStep,
     PoissonSampler,
     PrivacyConfigError,
+    _noise_multiplier,
+    accountant_domain_size,
     calibrate_noise,
     compute_epsilon,
     poisson_steps_per_epoch,
@@ -176,7 +185,7 @@ def test_calibrated_epsilon_within_target(calibrated):
 
     assert sigma > 0
     assert achieved <= settings.target_epsilon
-    # Opacus's search stops within 0.01 of the target.
+    # The search stops within 0.01 of the target.
     assert achieved >= settings.target_epsilon - 0.011
 
 
@@ -197,6 +206,117 @@ def test_unreachable_epsilon_says_what_to_change():
 
     assert "larger epsilon" in str(error.value)
     assert "fewer epochs" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "history",
+    [[(1.0, 0.06, 255)], [(0.7, 0.002, 5000)], [(3.0, 0.01, 10), (2.0, 0.02, 40)]],
+)
+def test_domain_size_matches_opacus(history):
+    from opacus.accountants import PRVAccountant
+
+    accountant = PRVAccountant()
+    accountant.history = history
+    # The discretized and composed privacy loss that get_epsilon reads.
+    discrete = accountant._get_dprv(eps_error=0.01, delta_error=1e-5 / 1000)
+
+    assert accountant_domain_size(history, delta=1e-5) == len(discrete.pmf)
+
+
+def test_costly_accounting_rejected_before_evaluation(caplog):
+    # 64-row batches of 34,015 rows for 200 epochs at epsilon 20. Opacus's
+    # get_noise_multiplier probes noise multiplier 0.3125 here, whose PRV
+    # domain has about 100 million points.
+    settings = _settings(
+        target_epsilon=20.0,
+        target_delta=1e-10,
+        expected_batch_size=64,
+        epochs=200,
+        rows=34_015,
+    )
+
+    with caplog.at_level(logging.DEBUG, logger="edgedp"):
+        with pytest.raises(PrivacyConfigError, match="above edgedp's limit") as error:
+            calibrate_noise(settings)
+
+    message = str(error.value)
+    assert "for 106200 steps" in message
+    assert "fewer steps" in message
+    assert "larger batch size" in message
+    assert "smaller epsilon" in message
+    assert "noise calibration, evaluation" not in caplog.text
+
+
+def test_costly_history_rejected():
+    history = [(0.45, 64 / 34_015, 30_000)]
+
+    assert accountant_domain_size(history, delta=1e-5) > MAX_ACCOUNTANT_DOMAIN
+    with pytest.raises(PrivacyConfigError, match="above edgedp's limit of 2,097,152"):
+        compute_epsilon(history, delta=1e-5)
+
+
+@pytest.fixture
+def fresh_calibration():
+    """Clear calibrate_noise's cache before and after the test."""
+    _noise_multiplier.cache_clear()
+    yield
+    _noise_multiplier.cache_clear()
+
+
+def test_domain_limit_caps_calibration(fresh_calibration, monkeypatch, caplog):
+    settings = _settings(
+        target_epsilon=2.0, expected_batch_size=2048, epochs=15, rows=34_015
+    )
+    phase = (settings.sample_rate, settings.steps)
+    free = calibrate_noise(settings)
+    _noise_multiplier.cache_clear()
+    # A limit that only multipliers above 1.03 times the free result meet.
+    limit = accountant_domain_size([(1.03 * free, *phase)], delta=1e-5)
+    monkeypatch.setattr(privacy, "MAX_ACCOUNTANT_DOMAIN", limit)
+
+    with caplog.at_level(logging.DEBUG, logger="edgedp"):
+        capped = calibrate_noise(settings)
+
+    evaluated = [
+        int(points) for points in re.findall(r"domain of (\d+) points", caplog.text)
+    ]
+    achieved = compute_epsilon([(capped, *phase)], delta=1e-5)
+    assert capped > free
+    assert achieved <= 2.0
+    assert evaluated
+    assert max(evaluated) <= limit
+    assert "less than the target 2" in caplog.text
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/status").is_file(), reason="reads VmSize from /proc"
+)
+def test_accountant_out_of_memory_explained():
+    # The address space limit leaves 100 MiB above what the imports use,
+    # less than a PRV domain of 1.1 million points needs.
+    script = """
+import re, resource
+from edgedp.privacy import PrivacyConfigError, compute_epsilon
+
+compute_epsilon([(5.0, 0.01, 100)], delta=1e-5)
+status = open("/proc/self/status").read()
+used = int(re.search(r"VmSize:\\s+(\\d+) kB", status).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (used + 100 * 2**20, resource.RLIM_INFINITY))
+try:
+    compute_epsilon([(0.6, 64 / 34015, 20000)], delta=1e-5)
+except PrivacyConfigError as error:
+    print(error)
+"""
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "ran out of memory" in done.stdout
+    assert "20000 steps" in done.stdout
+    assert "fewer steps" in done.stdout
+    assert "Traceback" not in done.stderr
 
 
 def test_ledger_rejects_extra_steps(calibrated):

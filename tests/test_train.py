@@ -348,6 +348,11 @@ def test_cli_train_reports_bad_input(prepared_iot23, tmp_path):
         (["--epsilon", "1000"], "above the maximum of 20"),
         (["--epsilon", "1e6"], "above the maximum of 20"),
         (["--epsilon", "1", "--seed", "-3"], "--seed"),
+        (
+            ["--epsilon", "20", "--delta", "1e-10", "--epochs", "200"]
+            + ["--batch-size", "64"],
+            "above edgedp's limit of 2,097,152; use fewer steps",
+        ),
         (["--epsilon", "none", "--out", "{file}/bundle"], "cannot write"),
     ],
 )

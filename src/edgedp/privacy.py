@@ -21,6 +21,8 @@ import functools
 import logging
 import math
 import secrets
+import sys
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +46,35 @@ CLIPPING_MODES: tuple[str, ...] = (GHOST_CLIPPING, PER_SAMPLE_CLIPPING)
 
 MAX_EPSILON = config.MAX_EPSILON
 MIN_DELTA = config.MIN_DELTA
+
+# Largest discretization domain, in points, that edgedp lets Opacus's PRV
+# accountant build to compute one epsilon. `PRVAccountant._get_domain`
+# (Opacus 1.5 and 1.6) discretizes the privacy loss on [-L, L] with a mesh of
+# eps_error / sqrt(T * ln(12 / delta_error) / 2) for T steps, eps_error 0.01
+# and delta_error = delta / 1000. L is 3 plus the RDP epsilon of the whole
+# run at delta_error / 4, or of one step at delta_error / (8 T) if larger.
+# So the points grow with sqrt(T) and with the RDP epsilon, which rises
+# steeply as the noise multiplier falls. Over whole calibrations of six
+# settings, peak RSS grew by 130 to 490 bytes per point of the largest
+# evaluation, and evaluations took 0.5 to 1.1 microseconds per point (Opacus
+# 1.6.0, shared 2-core AMD EPYC; the command is in docs/privacy.md). 2**21
+# points thus cost up to about 1 GiB and 2 s per evaluation, and those
+# calibrations made 8 to 12 evaluations.
+MAX_ACCOUNTANT_DOMAIN = 2**21
+# Upper end of the measured peak memory per domain point, for messages.
+ACCOUNTANT_BYTES_PER_POINT = 500
+# Evaluations of this many points or more take about 0.5 s or longer, so
+# calibration logs them at INFO as progress.
+SLOW_ACCOUNTANT_DOMAIN = 2**20
+# `PRVAccountant.get_epsilon`'s default errors: eps_error, and delta_error
+# as a fraction of delta.
+PRV_EPSILON_ERROR = 0.01
+PRV_DELTA_ERROR = 1e-3
+# Calibration stops when epsilon is within this of the target, as Opacus's
+# `get_noise_multiplier` does by default, or when the bisection bracket is
+# narrower than this fraction of the multiplier.
+EPSILON_TOLERANCE = 0.01
+BISECTION_WIDTH = 1e-3
 
 # Largest noise multiplier that calibration considers. Past it the noise
 # standard deviation is 200 clipping norms per step, which leaves no usable
@@ -210,12 +241,15 @@ def epsilon_limit_message(epsilon: float) -> str:
 
 
 @contextlib.contextmanager
-def _precision_errors(delta: float) -> Iterator[None]:
-    """Turn the PRV accountant's precision error into a `PrivacyConfigError`.
+def _accountant_errors(delta: float, steps: int, points: int) -> Iterator[None]:
+    """Turn the PRV accountant's precision and memory errors into
+    `PrivacyConfigError`s that name what to change.
 
     The PRV accountant stops when its domain size times the float precision
-    exceeds delta. `MIN_DELTA` avoided that on the settings that were tried,
-    but a run of very many steps may still reach it.
+    exceeds delta. `MIN_DELTA` and `MAX_ACCOUNTANT_DOMAIN` avoid that where
+    numpy's long double is the 80-bit x87 type, but not where it is a
+    64-bit double. A `MemoryError` can still happen below the domain limit
+    on a machine with little free memory.
     """
     try:
         yield
@@ -227,12 +261,84 @@ def _precision_errors(delta: float) -> Iterator[None]:
             f"these settings ({error}); use a larger --delta, or fewer steps "
             "(fewer epochs or a larger batch size)"
         ) from error
+    except MemoryError as error:
+        raise PrivacyConfigError(
+            f"the PRV accountant ran out of memory computing epsilon for "
+            f"{steps} steps on a domain of {points:,} points (up to about "
+            f"{_domain_mebibytes(points):,.0f} MiB); free memory, or use fewer "
+            "steps (fewer epochs or a larger batch size) or a smaller epsilon"
+        ) from error
 
 
 def _create_accountant(name: str):
     from opacus.accountants import create_accountant
 
     return create_accountant(mechanism=name)
+
+
+def _domain_mebibytes(points: int) -> float:
+    return points * ACCOUNTANT_BYTES_PER_POINT / 2**20
+
+
+def accountant_domain_size(
+    history: Sequence[tuple[float, float, int]], *, delta: float
+) -> int:
+    """Return the points of the domain on which Opacus's PRV accountant
+    discretizes `history` to compute epsilon at `delta`.
+
+    It costs two RDP evaluations, a fraction of a second, while the PRV
+    evaluation's memory and time grow in proportion to the result. A domain
+    too large to count, as for a noise multiplier near 0, returns
+    `sys.maxsize`.
+    """
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
+
+    prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest")
+        try:
+            # NOTE: `_get_domain` is private in Opacus. It is the sizing that
+            # `PRVAccountant.get_epsilon` runs with its default errors.
+            domain = PRVAccountant()._get_domain(
+                prvs=prvs,
+                num_self_compositions=[int(n) for _, _, n in history],
+                eps_error=PRV_EPSILON_ERROR,
+                delta_error=delta * PRV_DELTA_ERROR,
+            )
+        except OverflowError:
+            return sys.maxsize
+    return int(domain.size)
+
+
+def _accounting_cost_message(points: int, steps: int, delta: float) -> str:
+    return (
+        f"computing epsilon at delta {delta:g} for {steps} steps would take "
+        f"Opacus's PRV accountant a domain of {points:,} points (up to about "
+        f"{_domain_mebibytes(points):,.0f} MiB), above edgedp's limit of "
+        f"{MAX_ACCOUNTANT_DOMAIN:,}; use fewer steps (fewer epochs, or a "
+        "larger batch size, which takes fewer steps per epoch) or a smaller "
+        "epsilon"
+    )
+
+
+def _prv_epsilon(history: History, delta: float, points: int) -> float:
+    """Return the PRV epsilon of `history` at `delta`.
+
+    `points` is `accountant_domain_size(history, delta=delta)`, which the
+    caller has checked against `MAX_ACCOUNTANT_DOMAIN`.
+
+    Raises:
+        PrivacyConfigError: the accountant fails on float precision or memory.
+    """
+    steps = sum(n for _, _, n in history)
+    accountant = _create_accountant(ACCOUNTANT)
+    accountant.history = list(history)
+    with _accountant_errors(delta, steps, points), warnings.catch_warnings():
+        # The PRV accountant sizes its domain with RDP, which warns as in
+        # `compute_epsilon`.
+        warnings.filterwarnings("ignore", message="Optimal order is the largest")
+        return float(accountant.get_epsilon(delta=delta))
 
 
 def compute_epsilon(
@@ -253,14 +359,23 @@ def compute_epsilon(
         The accountant's upper bound on epsilon, or 0.0 for an empty history.
 
     Raises:
-        PrivacyConfigError: delta is too small for the accountant's float
-            precision.
+        PrivacyConfigError: the PRV accountant would need a domain above
+            `MAX_ACCOUNTANT_DOMAIN`, ran out of memory, or delta is too small
+            for its float precision.
     """
     if not history:
         return 0.0
+    phases = [(float(s), float(q), int(n)) for s, q, n in history]
+    if accountant == ACCOUNTANT:
+        points = accountant_domain_size(phases, delta=delta)
+        if points > MAX_ACCOUNTANT_DOMAIN:
+            steps = sum(n for _, _, n in phases)
+            raise PrivacyConfigError(_accounting_cost_message(points, steps, delta))
+        return _prv_epsilon(phases, delta, points)
+
     fresh = _create_accountant(accountant)
-    fresh.history = [(float(s), float(q), int(n)) for s, q, n in history]
-    with _precision_errors(delta), warnings.catch_warnings():
+    fresh.history = phases
+    with warnings.catch_warnings():
         # The RDP accountant warns when its best order is the largest one it
         # tries; its bound is then looser but still valid.
         warnings.filterwarnings("ignore", message="Optimal order is the largest")
@@ -270,18 +385,31 @@ def compute_epsilon(
 def calibrate_noise(settings: DPSettings) -> float:
     """Return the noise multiplier that reaches the target epsilon.
 
-    Opacus's `get_noise_multiplier` searches the PRV accountant for the
-    smallest multiplier (to 0.01 in epsilon) whose epsilon at `target_delta`
-    after `settings.steps` steps at rate `settings.sample_rate` is at most
-    the target. A probe at `MAX_NOISE_MULTIPLIER` first rejects targets that
-    no usable multiplier reaches, because the search would otherwise double
-    the multiplier up to 1e6 with ever slower PRV evaluations. Results are
-    cached per process, so runs that differ only in seed calibrate once.
+    The search finds the smallest multiplier whose PRV epsilon at
+    `target_delta` after `settings.steps` steps at rate `settings.sample_rate`
+    is at most the target, to within `EPSILON_TOLERANCE` below it:
+
+    1. The RDP accountant, cheap to evaluate, calibrates a first multiplier,
+       capped at `MAX_NOISE_MULTIPLIER`. RDP overstates epsilon, so the PRV
+       multiplier is usually smaller.
+    2. If the PRV domain at that multiplier exceeds `MAX_ACCOUNTANT_DOMAIN`,
+       the settings are rejected before any PRV evaluation, because smaller
+       multipliers need larger domains.
+    3. Bisection with the PRV accountant below it. A multiplier whose domain
+       exceeds the limit is not evaluated but counted as too small, so no
+       evaluation exceeds the limit. When that stops the search early, the
+       result reaches less than the target epsilon, and a warning is logged.
+
+    Opacus's `get_noise_multiplier` bisects from 0 up to a power of two
+    times 20, and its lowest probes can need 20 times the domain of the
+    result. Evaluations of at least `SLOW_ACCOUNTANT_DOMAIN` points are
+    logged at INFO as progress. Results are cached per process, so runs
+    that differ only in seed calibrate once.
 
     Raises:
         PrivacyConfigError: even `MAX_NOISE_MULTIPLIER` does not reach the
-            target, or delta is too small for the accountant's float
-            precision.
+            target, the accounting would exceed `MAX_ACCOUNTANT_DOMAIN`, or
+            the accountant fails on float precision or memory.
     """
     sigma = _noise_multiplier(
         settings.target_epsilon,
@@ -302,36 +430,107 @@ def calibrate_noise(settings: DPSettings) -> float:
     return sigma
 
 
-@functools.lru_cache(maxsize=64)
-def _noise_multiplier(
+def _rdp_noise_multiplier(
     target_epsilon: float, target_delta: float, sample_rate: float, steps: int
 ) -> float:
+    """Return the RDP accountant's multiplier for the target, at most
+    `MAX_NOISE_MULTIPLIER`."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    floor = compute_epsilon(
-        [(MAX_NOISE_MULTIPLIER, sample_rate, steps)], delta=target_delta
-    )
-    if floor > target_epsilon:
-        raise PrivacyConfigError(
-            f"epsilon {target_epsilon:g} at delta {target_delta:g} is out of "
-            f"reach: with {steps} steps at sample rate {sample_rate:.3g} even "
-            f"noise multiplier {MAX_NOISE_MULTIPLIER:g} gives epsilon "
-            f"{floor:.3g}; use more training data, fewer epochs, a smaller "
-            "batch size or a larger epsilon"
-        )
-
-    with _precision_errors(target_delta), warnings.catch_warnings():
-        # The PRV accountant sizes its domain with RDP, which warns as in
-        # `compute_epsilon`.
+    phase = [(MAX_NOISE_MULTIPLIER, sample_rate, steps)]
+    if compute_epsilon(phase, delta=target_delta, accountant="rdp") > target_epsilon:
+        return MAX_NOISE_MULTIPLIER
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest")
         sigma = get_noise_multiplier(
             target_epsilon=target_epsilon,
             target_delta=target_delta,
             sample_rate=sample_rate,
             steps=steps,
-            accountant=ACCOUNTANT,
+            accountant=COMPARISON_ACCOUNTANT,
+            epsilon_tolerance=EPSILON_TOLERANCE,
         )
-    return float(sigma)
+    return min(float(sigma), MAX_NOISE_MULTIPLIER)
+
+
+@functools.lru_cache(maxsize=64)
+def _noise_multiplier(
+    target_epsilon: float, target_delta: float, sample_rate: float, steps: int
+) -> float:
+    evaluations = 0
+
+    def domain_points(sigma: float) -> int:
+        history = [(sigma, sample_rate, steps)]
+        return accountant_domain_size(history, delta=target_delta)
+
+    def evaluate(sigma: float, points: int) -> float:
+        nonlocal evaluations
+        started = time.perf_counter()
+        history = [(sigma, sample_rate, steps)]
+        epsilon = _prv_epsilon(history, target_delta, points)
+        evaluations += 1
+        logger.log(
+            logging.INFO if points >= SLOW_ACCOUNTANT_DOMAIN else logging.DEBUG,
+            "noise calibration, evaluation %d: noise multiplier %.4g gives "
+            "epsilon %.4g (PRV domain of %d points, %.1f s)",
+            evaluations,
+            sigma,
+            epsilon,
+            points,
+            time.perf_counter() - started,
+        )
+        return epsilon
+
+    upper = _rdp_noise_multiplier(target_epsilon, target_delta, sample_rate, steps)
+    points = domain_points(upper)
+    if points > MAX_ACCOUNTANT_DOMAIN:
+        raise PrivacyConfigError(_accounting_cost_message(points, steps, target_delta))
+
+    # RDP rarely gives a smaller multiplier than PRV. Then double it, which
+    # shrinks the domain.
+    upper_epsilon = evaluate(upper, points)
+    while upper_epsilon > target_epsilon:
+        if upper >= MAX_NOISE_MULTIPLIER:
+            raise PrivacyConfigError(
+                f"epsilon {target_epsilon:g} at delta {target_delta:g} is out "
+                f"of reach: with {steps} steps at sample rate {sample_rate:.3g} "
+                f"even noise multiplier {MAX_NOISE_MULTIPLIER:g} gives epsilon "
+                f"{upper_epsilon:.3g}; use more training data, fewer epochs, a "
+                "smaller batch size or a larger epsilon"
+            )
+        upper = min(2 * upper, MAX_NOISE_MULTIPLIER)
+        upper_epsilon = evaluate(upper, domain_points(upper))
+
+    lower = 0.0
+    limited = False
+    while (
+        target_epsilon - upper_epsilon > EPSILON_TOLERANCE
+        and upper - lower > upper * BISECTION_WIDTH
+    ):
+        middle = (lower + upper) / 2
+        points = domain_points(middle)
+        if points > MAX_ACCOUNTANT_DOMAIN:
+            # Every smaller multiplier needs a larger domain still.
+            lower = middle
+            limited = True
+            continue
+        epsilon = evaluate(middle, points)
+        if epsilon <= target_epsilon:
+            upper, upper_epsilon = middle, epsilon
+        else:
+            lower = middle
+
+    if limited and target_epsilon - upper_epsilon > EPSILON_TOLERANCE:
+        logger.warning(
+            "noise multiplier %.4g gives epsilon %.4g, less than the target %g: "
+            "a smaller multiplier would need a PRV domain above %d points. "
+            "Fewer steps (fewer epochs or a larger batch size) would allow it",
+            upper,
+            upper_epsilon,
+            target_epsilon,
+            MAX_ACCOUNTANT_DOMAIN,
+        )
+    return upper
 
 
 def random_generator(seed: int | None) -> torch.Generator:
