@@ -246,6 +246,63 @@ def test_close_reports_unfinished_line(tmp_path):
     assert "4 bytes" in message
 
 
+def _numbered_lines(count: int) -> bytes:
+    return b"".join(b"line %06d of a log\n" % number for number in range(count))
+
+
+@pytest.mark.parametrize("follow", [False, True], ids=["once", "follow"])
+def test_close_before_end_reports_stop(tmp_path, follow):
+    log = tmp_path / "conn.log"
+    log.write_bytes(_numbered_lines(20_000))
+    events: list[tuple[str, str]] = []
+    source = FileSource(
+        log,
+        follow=follow,
+        on_event=lambda kind, message: events.append((kind, message)),
+    )
+
+    chunk = source.read(0)
+    source.close()
+
+    # The first read ends inside a line, which goes on in the file.
+    assert chunk is not None
+    number = chunk.first_line + len(chunk.lines)
+    assert events == [
+        (
+            "stopped",
+            f"reading {log} stopped at line {number}, before the end of its "
+            f"data; line {number} and the lines after it were not read",
+        )
+    ]
+
+
+def test_truncation_while_behind_not_unfinished(tmp_path):
+    log = tmp_path / "conn.log"
+    log.write_bytes(_numbered_lines(20_000))
+    events: list[tuple[str, str]] = []
+    source = FileSource(
+        log,
+        follow=True,
+        poll_interval=0.005,
+        on_event=lambda kind, message: events.append((kind, message)),
+    )
+    chunk = source.read(0)
+
+    with open(log, "r+b") as handle:
+        handle.truncate(0)
+    log.write_bytes(b"new 1\nnew 2\n")
+    rest = _drain(source, until=lambda lines: len(lines) == 2, limit=2)
+    source.close()
+
+    assert chunk is not None
+    number = chunk.first_line + len(chunk.lines)
+    assert [line for *_, line in rest] == [b"new 1", b"new 2"]
+    assert [kind for kind, _ in events] == ["truncated"]
+    assert events[0][1].startswith(
+        f"{log} was truncated before reading reached its end, at line {number}; "
+    )
+
+
 def test_close_without_partial_line_silent(tmp_path):
     log = tmp_path / "conn.log"
     log.write_bytes(b"1\n2\n")
@@ -311,7 +368,15 @@ def test_stream_source_reads_pipe():
     assert source.finished
 
 
-def test_stream_close_reports_unfinished_line():
+@pytest.mark.parametrize(
+    ("more", "kind", "message"),
+    [
+        (b"", "partial_dropped", "<stdin>:2: dropped an unfinished line"),
+        (b"o\nthree\n", "stopped", "reading <stdin> stopped at line 2,"),
+    ],
+    ids=["unfinished", "data-waiting"],
+)
+def test_stream_close_reports_partial_line(more, kind, message):
     read_end, write_end = os.pipe()
     events: list[tuple[str, str]] = []
     source = StreamSource(
@@ -320,15 +385,15 @@ def test_stream_close_reports_unfinished_line():
 
     os.write(write_end, b"one\ntw")
     first = source.read(1.0)
+    os.write(write_end, more)
     source.close()
     os.close(write_end)
     os.close(read_end)
 
     assert first is not None and first.lines == [b"one"]
     assert len(events) == 1
-    kind, message = events[0]
-    assert kind == "partial_dropped"
-    assert message.startswith("<stdin>:2: ")
+    assert events[0][0] == kind
+    assert events[0][1].startswith(message)
 
 
 def _truncated_gzip(iot23, path: Path) -> bytes:

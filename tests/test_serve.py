@@ -520,6 +520,29 @@ def test_sigterm_counts_unfinished_line(gateway_bundles, iot23, tmp_path):
     assert f"{log}:{number}: dropped an unfinished line of 60 bytes" in log_text
 
 
+def test_closed_reader_no_false_bad_line(gateway_bundles, iot23):
+    process = subprocess.Popen(
+        [*EDGEDP, "serve", str(gateway_bundles["classifier"])]
+        + ["--input", str(iot23 / ZEEK_LOGS["34-1"]), "--all", "--batch", "64"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=60)
+    log_text = stderr.decode()
+
+    assert json.loads(first)["line"] == 9
+    assert process.returncode == 1, log_text
+    assert "the alert output was closed by its reader" in log_text
+    assert "dropped an unfinished line" not in log_text
+    assert "stopped at line" in log_text
+    (last,) = [line for line in log_text.splitlines() if "stopped after" in line]
+    assert " 0 bad lines" in last
+    assert "partial_dropped" not in last
+
+
 def test_stdin_input(gateway_bundles, iot23, tmp_path):
     text = _zeek_text(iot23, "5-1")
 

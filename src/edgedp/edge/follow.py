@@ -6,7 +6,8 @@ file they came from and the line number of the first one. A line is complete
 when its newline has been read. The unterminated tail of a file is a line only
 at the end of a file that is not followed. A followed file's tail is dropped
 and reported as `partial_dropped` when the file is rotated away or truncated,
-and when `close` stops reading.
+and when `close` stops reading at the end of the data. A `close` before the
+end of the data reports the line where reading stopped instead.
 
 Follow mode polls, because the standard library has no portable file change
 notification. At the end of the data the source sleeps `poll_interval`
@@ -174,6 +175,20 @@ class _SplitterSource:
         first = self._splitter.lines_seen - len(lines) + 1
         return Chunk(lines, self._source, first, self._generation)
 
+    def _report_stop(self, name: str | Path) -> None:
+        """Report a stop before the end of the data as a `stopped` notice.
+
+        The partial line held back is only the end of the last read, and the
+        line goes on in the data, so it is not counted as unfinished.
+        """
+        number = self._splitter.lines_seen + 1
+        self._splitter.reset()
+        self._on_event(
+            "stopped",
+            f"reading {name} stopped at line {number}, before the end of its "
+            f"data; line {number} and the lines after it were not read",
+        )
+
     def _drop_unfinished_line(self, name: str | Path, cause: str) -> None:
         """Drop the partial line held back and report it as `partial_dropped`.
 
@@ -287,8 +302,11 @@ class FileSource(_SplitterSource):
             reading moves to the new file at `path`.
         on_event: called with `(kind, message)` for `rotated`, `truncated`,
             `partial_dropped`, `waiting`, `unreadable_file` and
-            `corrupt_file` events. The caller counts and logs them. `close`
-            reports a partial line still held back as `partial_dropped`.
+            `corrupt_file` events, which the caller counts and logs, and
+            for `stopped` notices. `close` reports a partial line still held
+            back at the end of the data as `partial_dropped`. Closed before
+            the end of the data, the source reports the line at which
+            reading stopped as `stopped`.
 
     Raises (from the constructor):
         FileNotFoundError: the file does not exist and is not followed.
@@ -320,6 +338,7 @@ class FileSource(_SplitterSource):
         self._unchanged_since: float | None = None
         self._handle: BinaryIO | None = None
         self._position = 0
+        self._at_end = False
         self._pending: Chunk | None = None
         self._waiting_reported = False
         self._open_error: str | None = None
@@ -425,6 +444,8 @@ class FileSource(_SplitterSource):
                 return None
             self._unchanged_since = None
             self._position += len(data)
+            # A short read of a regular file ends at the end of its data.
+            self._at_end = len(data) < READ_SIZE
             chunk = self._chunk(self._splitter.feed(data))
             if chunk is not None:
                 return chunk
@@ -491,25 +512,62 @@ class FileSource(_SplitterSource):
             return None
 
         if current.st_size < self._position:
-            self._drop_unfinished_line(self.path, "that the truncation cut off")
-            self._handle.seek(0)
-            self._position = 0
-            self._start_file(self.path.name)
-            self._on_event(
-                "truncated", f"{self.path} was truncated; reading it from the start"
-            )
+            self._report_truncation()
+        else:
+            self._at_end = True
         return None
+
+    def _report_truncation(self) -> None:
+        """Restart at the top of a truncated file and report what was lost.
+
+        When the last read had reached the end of the data, a partial line
+        held back was unfinished there and is dropped as such. Otherwise
+        reading was behind, and every line from the read position on was
+        lost with the truncation.
+        """
+        assert self._handle is not None
+        if self._at_end:
+            self._drop_unfinished_line(self.path, "that the truncation cut off")
+            message = f"{self.path} was truncated; reading it from the start"
+        else:
+            number = self._splitter.lines_seen + 1
+            self._splitter.reset()
+            message = (
+                f"{self.path} was truncated before reading reached its end, at "
+                f"line {number}; the lines from there on were not read. "
+                "Reading it from the start"
+            )
+        self._handle.seek(0)
+        self._position = 0
+        self._at_end = False
+        self._start_file(self.path.name)
+        self._on_event("truncated", message)
 
     def _finish(self) -> Chunk | None:
         self.finished = True
         return self._chunk(self._splitter.finish())
 
     def close(self) -> None:
-        self._drop_unfinished_line(self.path, "when reading stopped")
+        if not self.finished and self._handle is not None:
+            if self._data_left():
+                self._report_stop(self.path)
+            else:
+                self._drop_unfinished_line(self.path, "when reading stopped")
         if self._handle is not None:
             self._handle.close()
             self._handle = None
         self.finished = True
+
+    def _data_left(self) -> bool:
+        """Return True when the file has data after the read position.
+
+        A file that is not followed counts as having data left until it
+        finished, because its unterminated last line is a line too.
+        """
+        assert self._handle is not None
+        if not self.follow:
+            return True
+        return os.fstat(self._handle.fileno()).st_size > self._position
 
 
 def rotated_logs(folder: str | Path) -> list[Path]:
@@ -598,6 +656,9 @@ class FolderSource:
     def close(self) -> None:
         if self._current is not None:
             self._current.close()
+        unread = len(self.files) - self._index - 1
+        if 0 < unread < len(self.files) and self._on_event is not None:
+            self._on_event("stopped", f"{unread} more files were not read")
         self._index = len(self.files)
 
 
@@ -606,7 +667,8 @@ class StreamSource(_SplitterSource):
 
     `select` waits for data, so a quiet pipe costs no CPU, and a signal
     handler that sets a flag is noticed within `timeout`. `on_event`
-    receives a `partial_dropped` event when `close` drops a partial line.
+    receives a `partial_dropped` event when `close` drops a partial line,
+    and a `stopped` notice instead when more data is waiting in the pipe.
     """
 
     def __init__(
@@ -634,5 +696,10 @@ class StreamSource(_SplitterSource):
         return self._chunk(self._splitter.feed(data))
 
     def close(self) -> None:
-        self._drop_unfinished_line(self._source, "when reading stopped")
+        if not self.finished:
+            readable, _, _ = select.select([self._fileno], [], [], 0)
+            if readable:
+                self._report_stop(self._source)
+            else:
+                self._drop_unfinished_line(self._source, "when reading stopped")
         self.finished = True

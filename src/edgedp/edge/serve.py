@@ -581,6 +581,10 @@ class Gateway:
         log.warning("%s", message)
 
     def _source_event(self, kind: str, message: str) -> None:
+        if kind == "stopped":
+            # Where reading stopped, which is no input problem to count.
+            log.info("%s", message)
+            return
         self.stats.events[kind] += 1
         if kind == "partial_dropped":
             self.stats.add_bad_line("truncated")
