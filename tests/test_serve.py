@@ -572,6 +572,46 @@ def _serve_cli(args: list[str]) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.parametrize(
+    ("log", "options", "message"),
+    [
+        ("34-1", ["--follow"], "is gzip-compressed, and Zeek never appends to"),
+        ("-", ["--follow", "--from-end"], "--from-end skips the flows already in"),
+    ],
+    ids=["follow-gzip", "from-end-stdin"],
+)
+def test_ignored_follow_options_rejected(gateway_bundles, iot23, log, options, message):
+    source = "-" if log == "-" else str(iot23 / ZEEK_LOGS[log])
+
+    result = subprocess.run(
+        [*EDGEDP, "serve", str(gateway_bundles["classifier"]), "--input", source]
+        + ["--alerts", "/dev/null", *options],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_follow_on_stdin_noted(gateway_bundles, iot23):
+    result = subprocess.run(
+        [*EDGEDP, "serve", str(gateway_bundles["classifier"]), "--input", "-"]
+        + ["--all", "--follow"],
+        input=_zeek_text(iot23, "5-1"),
+        capture_output=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr.decode()
+    assert len(result.stdout.decode().splitlines()) == 1374
+    assert "stdin is read until it closes; --follow changes nothing" in (
+        result.stderr.decode()
+    )
+
+
 def test_altered_bundle_rejected(gateway_bundles, iot23, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(gateway_bundles["classifier"], bundle)

@@ -92,13 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-f",
         action="store_true",
         help="keep reading the log file like `tail -F`, across rotation and "
-        "truncation, until SIGTERM or SIGINT",
+        "truncation, until SIGTERM or SIGINT (not for a .gz file; stdin is "
+        "read until it closes anyway)",
     )
     parser.add_argument(
         "--from-end",
         action="store_true",
         help="with --follow, skip the flows already in the file (its header "
-        "is still read)",
+        "is still read); not for stdin",
     )
 
     parser.add_argument(

@@ -152,6 +152,18 @@ class ServeSettings:
             )
         if self.from_end and not self.follow:
             raise ValueError("--from-end needs --follow")
+        if self.from_end and self.input == STDIN:
+            raise ValueError(
+                "--from-end skips the flows already in a log file, but stdin "
+                "has no such flows to skip; pipe only the new lines instead, "
+                "for example with tail -n 0 -F conn.log"
+            )
+        if self.follow and self.input.endswith(".gz"):
+            raise ValueError(
+                f"--follow reads a log that grows, but {self.input} is "
+                "gzip-compressed, and Zeek never appends to a .gz file; drop "
+                "--follow to read it once"
+            )
 
 
 def open_bundle(path: str | Path) -> Bundle:
@@ -194,6 +206,8 @@ def open_source(settings: ServeSettings, on_event: Any) -> LineSource:
         ValueError: `follow` with a folder.
     """
     if settings.input == STDIN:
+        if settings.follow:
+            log.warning("stdin is read until it closes; --follow changes nothing")
         return StreamSource(
             sys.stdin.fileno(),
             max_line_bytes=settings.max_line_bytes,
