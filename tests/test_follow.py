@@ -342,6 +342,55 @@ def test_folder_reads_rotated_logs_in_order(tmp_path):
     assert lines[2][:2] == ("2024-01-02/conn.00:00:00-01:00:00.log", 1)
 
 
+def test_folder_orders_mixed_rotation_names(tmp_path):
+    (tmp_path / "2024-05-01").mkdir()
+    with gzip.open(
+        tmp_path / "2024-05-01" / "conn.11:00:00-12:00:00.log.gz", "wb"
+    ) as f:
+        f.write(b"eleven\n")
+    (tmp_path / "conn.2024-05-01-10-00-00.log").write_bytes(b"ten\n")
+    (tmp_path / "conn.2024-05-01-12-00-00.log").write_bytes(b"twelve\n")
+    (tmp_path / "conn.log").write_bytes(b"now\n")
+
+    files = rotated_logs(tmp_path)
+    lines = _drain(FolderSource(tmp_path))
+
+    assert [path.relative_to(tmp_path).as_posix() for path in files] == [
+        "conn.2024-05-01-10-00-00.log",
+        "2024-05-01/conn.11:00:00-12:00:00.log.gz",
+        "conn.2024-05-01-12-00-00.log",
+        "conn.log",
+    ]
+    assert [line for *_, line in lines] == [b"ten", b"eleven", b"twelve", b"now"]
+
+
+def test_folder_reports_entries_not_files(tmp_path):
+    (tmp_path / "conn.2024-05-01-10-00-00.log").symlink_to(tmp_path / "gone.log")
+    (tmp_path / "conn.dir").mkdir()
+    (tmp_path / "conn.log").write_bytes(b"a\n")
+    events: list[tuple[str, str]] = []
+
+    lines = _drain(
+        FolderSource(
+            tmp_path, on_event=lambda kind, message: events.append((kind, message))
+        )
+    )
+
+    link = tmp_path / "conn.2024-05-01-10-00-00.log"
+    assert [line for *_, line in lines] == [b"a"]
+    assert events == [
+        (
+            "unreadable_file",
+            f"input log {link} is a broken symbolic link to {tmp_path / 'gone.log'}"
+            "; skipped",
+        ),
+        (
+            "unreadable_file",
+            f"{tmp_path / 'conn.dir'} is a folder, not a log file; skipped",
+        ),
+    ]
+
+
 def test_folder_without_conn_logs_rejected(tmp_path):
     (tmp_path / "dns.log").write_bytes(b"x\n")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import re
 import select
 import stat
 import time
@@ -573,21 +574,64 @@ class FileSource(_SplitterSource):
 def rotated_logs(folder: str | Path) -> list[Path]:
     """Return the conn logs under `folder`, oldest first.
 
-    A conn log is a regular, non-hidden file whose name contains `conn.`
-    (`conn.log`, `conn.2024-05-01-10-00-00.log`, `conn.10:00:00-11:00:00.log.gz`,
-    `capture.conn.log.labeled`). Files are ordered by their path relative to
-    `folder`, which is time order for Zeek's date-stamped rotation names and
-    folders, and puts the current `conn.log` after its rotated siblings.
+    A conn log is a non-hidden entry whose name contains `conn.` (`conn.log`,
+    `conn.2024-05-01-10-00-00.log`, `conn.10:00:00-11:00:00.log.gz`,
+    `capture.conn.log.labeled`). Entries that are not regular files, such as
+    a broken symbolic link or a folder named `conn.old`, are returned too,
+    so that the reader reports them. Logs whose path carries a rotation time
+    (see `rotation_time`) come first, in the order of that time, and the
+    others follow in path order, which puts the current `conn.log` after
+    its rotated siblings.
     """
     root = Path(folder)
     found = [
         path
         for path in root.rglob("*conn.*")
-        if path.is_file()
-        and "conn." in path.name
+        if "conn." in path.name
         and not any(part.startswith(".") for part in path.relative_to(root).parts)
     ]
-    return sorted(found, key=lambda path: str(path.relative_to(root)))
+    return sorted(found, key=lambda path: _log_order(path.relative_to(root)))
+
+
+_ROTATED_NAME = re.compile(
+    r"conn\.(\d{4}-\d{2}-\d{2})[-_T](\d{2})[-:.](\d{2})[-:.](\d{2})"
+)
+"""Zeek's own rotation name, `conn.2024-05-01-10-00-00.log`, with the
+default `Log::default_rotation_date_format` of `%Y-%m-%d-%H-%M-%S`."""
+
+_ARCHIVED_NAME = re.compile(r"conn\.(\d{2}):(\d{2}):(\d{2})-")
+"""zeekctl's archive name, `conn.10:00:00-11:00:00.log.gz`, in a folder named
+for the day, such as `2024-05-01`."""
+
+_DAY_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def rotation_time(relative: Path) -> str | None:
+    """Return the rotation time in a log's path as `YYYY-MM-DD HH:MM:SS`.
+
+    The time is read from Zeek's rotation name, or from zeekctl's archive
+    name and the day folder above it. Returns None for a path without one,
+    such as the current `conn.log`. The text sorts in time order.
+    """
+    name = relative.name
+    match = _ROTATED_NAME.search(name)
+    if match is not None:
+        day, hour, minute, second = match.groups()
+        return f"{day} {hour}:{minute}:{second}"
+    match = _ARCHIVED_NAME.search(name)
+    if match is None:
+        return None
+    days = [part for part in relative.parts[:-1] if _DAY_FOLDER.fullmatch(part)]
+    if not days:
+        return None
+    return f"{days[-1]} {':'.join(match.groups())}"
+
+
+def _log_order(relative: Path) -> tuple[int, str, str]:
+    stamp = rotation_time(relative)
+    if stamp is None:
+        return (1, "", str(relative))
+    return (0, stamp, str(relative))
 
 
 class FolderSource:
