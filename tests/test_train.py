@@ -302,6 +302,71 @@ def test_missing_class_rejected(prepared_iot23, tmp_path):
         train_bundle(copy, tmp_path / "bundle")
 
 
+@pytest.fixture(scope="module")
+def benign_only(iot23, tmp_path_factory):
+    """A honeypot capture prepared alone, so it has Benign flows only."""
+    from edgedp.data.prepare import prepare_dataset
+
+    log = iot23 / "zeek" / "CTU-Honeypot-Capture-5-1.conn.log.labeled"
+    return prepare_dataset([log], tmp_path_factory.mktemp("prepared") / "benign")
+
+
+def test_autoencoder_needs_malicious_validation(benign_only, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="edgedp"):
+        with pytest.raises(TrainingError) as error:
+            train_bundle(benign_only, tmp_path / "bundle", model="ae", epochs=1)
+
+    message = str(error.value)
+    benign = len(benign_only.split("validation"))
+    assert f"has {benign} Benign and 0 malicious flows" in message
+    assert "logs with benign and malicious traffic" in message
+    assert "epoch 1/1" not in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_diverged_model_rejected(prepared_iot23, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="edgedp"):
+        with pytest.raises(TrainingError) as error:
+            train_bundle(
+                prepared_iot23, tmp_path / "bundle", learning_rate=1e30, epochs=3
+            )
+
+    message = str(error.value)
+    assert "the model diverged" in message
+    assert "after epoch 1/3 at learning rate 1e+30" in message
+    assert "lower the learning rate" in message
+    assert "epoch 2/3" not in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("dataset", "options", "message"),
+    [
+        ("benign_only", ["--model", "ae", "--epsilon", "none"], "0 malicious flows"),
+        (
+            "prepared_iot23",
+            ["--epsilon", "none", "--learning-rate", "1e30"],
+            "the model diverged",
+        ),
+    ],
+)
+def test_cli_train_error_is_clean(request, tmp_path, dataset, options, message):
+    from typer.testing import CliRunner
+
+    from edgedp.cli import app, training  # noqa: F401  (registers `train`)
+
+    data = request.getfixturevalue(dataset)
+    out = ["--out", str(tmp_path / "bundle"), "--epochs", "1"]
+
+    result = CliRunner().invoke(
+        app, ["train", "--data", str(data.root), *out, *options]
+    )
+
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.replace("│", " ").split())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_train_writes_bundle(prepared_iot23, tmp_path):
     out = tmp_path / "cli"
     edgedp = str(Path(sys.executable).with_name("edgedp"))

@@ -191,9 +191,21 @@ class TrainingData:
         return len(self.features)
 
 
-def _check_dataset(dataset: PreparedDataset, train: Split, settings: TrainSettings):
+def _check_dataset(
+    dataset: PreparedDataset, train: Split, validation: Split, settings: TrainSettings
+) -> None:
+    """Reject a dataset that training or its validation metrics cannot use.
+
+    The checks run before training, so that a dataset that cannot be scored
+    fails in seconds rather than after the last epoch.
+    """
     classes = dataset.classes
     counts = np.bincount(train.labels, minlength=len(classes))
+    if len(validation) == 0:
+        raise TrainingError(
+            f"the validation split of {dataset.root} has no rows to score the "
+            "model on; prepare the dataset from more flows"
+        )
     if settings.kind == "classifier":
         missing = [
             name for name, count in zip(classes, counts, strict=True) if not count
@@ -210,11 +222,22 @@ def _check_dataset(dataset: PreparedDataset, train: Split, settings: TrainSettin
             f"{dataset.root} has no {config.BENIGN_CLASS} class, which the "
             "autoencoder learns from; prepare it with Benign among --classes"
         )
-    if counts[classes.index(config.BENIGN_CLASS)] == 0:
+    benign = classes.index(config.BENIGN_CLASS)
+    if counts[benign] == 0:
         raise TrainingError(
             f"the training split of {dataset.root} has no {config.BENIGN_CLASS} "
             "rows for the autoencoder to learn from; prepare it from logs with "
             "benign traffic"
+        )
+    benign_validation = int(np.count_nonzero(validation.labels == benign))
+    malicious_validation = len(validation) - benign_validation
+    if benign_validation == 0 or malicious_validation == 0:
+        raise TrainingError(
+            f"the validation split of {dataset.root} has {benign_validation} "
+            f"{config.BENIGN_CLASS} and {malicious_validation} malicious flows, "
+            "but the autoencoder's validation metrics (ROC-AUC, PR-AUC, F1) "
+            "need both; prepare the dataset from logs with benign and "
+            "malicious traffic"
         )
 
 
@@ -334,6 +357,26 @@ def steps_per_epoch(settings: TrainSettings, rows: int) -> int:
     return -(-rows // settings.batch_size)
 
 
+def _diverged_message(epoch: int, settings: TrainSettings, cause: str) -> str:
+    return (
+        f"the model diverged: {cause} after epoch {epoch}/{settings.epochs} at "
+        f"learning rate {settings.learning_rate:g}; lower the learning rate "
+        "(--learning-rate), for example by a factor of 10"
+    )
+
+
+def _check_finite_weights(net, epoch: int, settings: TrainSettings) -> None:
+    import torch
+
+    for name, parameter in net.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            raise TrainingError(
+                _diverged_message(
+                    epoch, settings, f"parameter {name} has NaN or infinite values"
+                )
+            )
+
+
 def fit(
     model,
     data: TrainingData,
@@ -357,6 +400,10 @@ def fit(
 
     Returns:
         The accountant history of the DP steps taken, empty without DP.
+
+    Raises:
+        TrainingError: a weight is NaN or infinite after an epoch, because
+            the model diverged.
     """
     import torch
 
@@ -409,6 +456,7 @@ def fit(
                     optimizer.step()
             model.eval()
             elapsed = time.perf_counter() - started
+            _check_finite_weights(model.net, epoch, settings)
             if validation is None:
                 logger.info(
                     "epoch %d/%d: %d steps in %.2f s",
@@ -501,7 +549,9 @@ def train_bundle(
             but a reader of the bundle cannot replay its batches and noise.
 
     Raises:
-        TrainingError: invalid settings, or a class missing from training.
+        TrainingError: invalid settings, a class missing from training, a
+            validation split that cannot be scored, or a model that
+            diverged (weights or outputs that are not finite).
         PrivacyConfigError: DP settings that cannot reach the target epsilon.
         DatasetError: the dataset is missing or from another encoder version.
         FileExistsError: `out` exists and `overwrite` is not set.
@@ -547,7 +597,7 @@ def train_bundle(
         dataset = load_prepared(root, encoder_version=_supported_encoder_version())
         train = dataset.split("train")
         validation = dataset.split("validation")
-        _check_dataset(dataset, train, settings)
+        _check_dataset(dataset, train, validation, settings)
         training = _training_data(train, dataset.classes, settings.kind)
         logger.info(
             "training %s on %d %s of %s (%s)",
@@ -618,6 +668,15 @@ def train_bundle(
             )
 
         outputs = predict_torch(net, validation.features)
+        if not np.all(np.isfinite(outputs)):
+            bad = int(np.count_nonzero(~np.isfinite(outputs)))
+            raise TrainingError(
+                _diverged_message(
+                    settings.epochs,
+                    settings,
+                    f"{bad} validation outputs are NaN or infinite",
+                )
+            )
         thresholds: dict[str, Any] = {}
         if settings.kind == "autoencoder":
             benign = validation.labels == dataset.classes.index(config.BENIGN_CLASS)

@@ -222,8 +222,7 @@ def train(
     from edgedp.atomic import OutputError
     from edgedp.bundle import BundleError
     from edgedp.dataset import DatasetError
-    from edgedp.privacy import PrivacyConfigError
-    from edgedp.train import TrainingError, train_bundle
+    from edgedp.train import train_bundle
 
     try:
         bundle = train_bundle(
@@ -244,8 +243,9 @@ def train(
             secure_randomness=secure_randomness,
         )
     except (
-        TrainingError,
-        PrivacyConfigError,
+        # TrainingError and PrivacyConfigError are ValueErrors too, and so
+        # are the checks of the metrics and the accountant.
+        ValueError,
         DatasetError,
         BundleError,
         FileExistsError,
