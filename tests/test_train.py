@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,8 @@ def test_existing_bundle_rejected_first(prepared_iot23, tmp_path):
         ({"epsilon": -2.0}, TrainingError, "positive"),
         ({"epsilon": 1.0, "delta": 1e-3}, PrivacyConfigError, "below 1/N"),
         ({"delta": 1.5}, TrainingError, r"in \(0, 1\)"),
+        ({"delta": 1.0}, TrainingError, "goes unused, but bundle.json records it"),
+        ({"max_grad_norm": 0.0}, TrainingError, r"without DP \(epsilon none\)"),
         (
             {"epsilon": 1.0, "delta": 9.99999999999e-11},
             TrainingError,
@@ -339,6 +342,18 @@ def test_diverged_model_rejected(prepared_iot23, tmp_path, caplog):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_single_class_classifier_warns_once(benign_only, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="edgedp"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_bundle(benign_only, tmp_path / "bundle", epochs=1)
+
+    single = [r for r in caplog.records if "has the single class Benign" in r.message]
+    assert [str(w.message) for w in caught if w.category is UserWarning] == []
+    assert len(single) == 1
+    assert single[0].levelname == "WARNING"
+
+
 @pytest.mark.parametrize(
     ("dataset", "options", "message"),
     [
@@ -413,6 +428,7 @@ def test_cli_train_reports_bad_input(prepared_iot23, tmp_path):
         (["--epsilon", "1000"], "above the maximum of 20"),
         (["--epsilon", "1e6"], "above the maximum of 20"),
         (["--epsilon", "1", "--seed", "-3"], "--seed"),
+        (["--epsilon", "none", "--delta", "1"], "without DP (epsilon none)"),
         (
             ["--epsilon", "20", "--delta", "1e-10", "--epochs", "200"]
             + ["--batch-size", "64"],

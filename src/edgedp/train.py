@@ -20,6 +20,7 @@ import logging
 import math
 import platform
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -134,17 +135,28 @@ class TrainSettings:
                 f"the seed must be a whole number from 0 to {config.MAX_SEED}, "
                 f"got {self.seed}"
             )
+        # Without DP, delta and the clipping norm go unused, but bundle.json
+        # records them with the other settings, so they are checked anyway.
+        unused = (
+            "without DP (epsilon none) it goes unused, but bundle.json records "
+            "it with the other settings, so leave it out or give a value such as"
+        )
         if not 0 < self.delta < 1:
+            advice = (
+                "the usual choice is well below 1 / training rows, such as"
+                if self.private
+                else unused
+            )
             raise TrainingError(
-                f"delta must be in (0, 1), got {self.delta}; the usual choice "
-                "is well below 1 / training rows, such as 1e-5"
+                f"delta must be in (0, 1), got {self.delta}; {advice} 1e-5"
             )
         if self.epsilon is not None and self.delta < config.MIN_DELTA:
             raise TrainingError(min_delta_message(self.delta))
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            advice = "1.0 is the usual start" if self.private else f"{unused} 1.0"
             raise TrainingError(
                 f"the clipping norm (max grad norm) must be positive, "
-                f"got {self.max_grad_norm}"
+                f"got {self.max_grad_norm}; {advice}"
             )
         for name in ("epochs", "batch_size", "threads"):
             if getattr(self, name) < 1:
@@ -598,6 +610,14 @@ def train_bundle(
         train = dataset.split("train")
         validation = dataset.split("validation")
         _check_dataset(dataset, train, validation, settings)
+        if settings.kind == "classifier" and len(dataset.classes) == 1:
+            logger.warning(
+                "%s has the single class %s, so the classifier predicts it for "
+                "every flow and its metrics are 1 by construction; prepare the "
+                "dataset from logs with more classes for a useful classifier",
+                dataset.root,
+                dataset.classes[0],
+            )
         training = _training_data(train, dataset.classes, settings.kind)
         logger.info(
             "training %s on %d %s of %s (%s)",
@@ -687,13 +707,17 @@ def train_bundle(
                     "target_fpr": settings.target_fpr,
                 },
             }
-        validation_metrics = score_outputs(
-            settings.kind,
-            dataset.classes,
-            validation.labels,
-            outputs,
-            anomaly_thresholds({"thresholds": thresholds}),
-        )
+        with warnings.catch_warnings():
+            # scikit-learn warns when a single class gives a 1 x 1 confusion
+            # matrix. The warning logged before training covers that case.
+            warnings.filterwarnings("ignore", message="A single label was found")
+            validation_metrics = score_outputs(
+                settings.kind,
+                dataset.classes,
+                validation.labels,
+                outputs,
+                anomaly_thresholds({"thresholds": thresholds}),
+            )
         validation_metrics["rows"] = len(validation)
         logger.info(
             "trained in %.1f s (%.0f samples/s); validation %s",
