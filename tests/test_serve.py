@@ -194,6 +194,32 @@ def test_unknown_categories_bounded(gateway_bundles, iot23, tmp_path, caplog):
     assert len(limit) == 1
 
 
+def test_out_of_range_ports_logged_as_integers(
+    gateway_bundles, iot23, tmp_path, caplog
+):
+    header, rows = _split_header(_zeek_text(iot23, "42-1"))
+    fields = zeek.parse_header(header.decode().splitlines()).fields
+    values = rows[0].rstrip(b"\n").split(b"\t")
+    values[fields.index("id.orig_p")] = b"-5"
+    values[fields.index("id.resp_p")] = b"70000"
+    log = tmp_path / "conn.log"
+    log.write_bytes(header + b"\t".join(values) + b"\n")
+
+    with caplog.at_level(logging.WARNING, logger="edgedp.edge.serve"):
+        _, totals = _serve(gateway_bundles["classifier"], log, tmp_path)
+
+    messages = [record.getMessage() for record in caplog.records]
+    line = header.count(b"\n") + 1
+    assert totals["absurd_values"] == {"id.orig_p": 1, "id.resp_p": 1}
+    assert f"conn.log:{line}: id.orig_p=-5 is out of range; the encoder clips it" in (
+        messages
+    )
+    assert (
+        f"conn.log:{line}: id.resp_p=70000 is out of range; the encoder clips it"
+        in messages
+    )
+
+
 def _json_lines(text: bytes, timestamps: list) -> bytes:
     """Return the first data lines of a TSV log as JSON lines with other `ts`."""
     header, rows = _split_header(text)
@@ -1036,9 +1062,20 @@ def test_alerts_into_input_rejected(gateway_bundles, iot23, tmp_path, link):
             "its first line is longer than --max-line-bytes 10",
         ),
         ("autoencoder", ["--threshold", "-1"], "threshold must be positive, got -1"),
+        (
+            "autoencoder",
+            ["--threshold", "foo"],
+            "has no anomaly threshold foo (it records study, validation_fpr)",
+        ),
         ("autoencoder", ["--threshold", "0"], "threshold must be positive, got 0"),
     ],
-    ids=["wrong-format", "short-line-limit", "negative-threshold", "zero-threshold"],
+    ids=[
+        "wrong-format",
+        "short-line-limit",
+        "negative-threshold",
+        "unknown-threshold",
+        "zero-threshold",
+    ],
 )
 def test_unusable_settings_exit_2(gateway_bundles, iot23, kind, options, message):
     result = _serve_cli(

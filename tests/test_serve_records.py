@@ -721,6 +721,40 @@ def test_foreign_format_cases(lines, expected):
         assert expected in description
 
 
+def test_nul_head_explained(tmp_path):
+    # A writer that does not append refills a copytruncated log at its old
+    # offset, so the file starts with a hole that reads as NUL bytes.
+    path = tmp_path / "conn.log"
+    path.write_bytes(b"\x00" * 70_000 + b"\n".join([*HEADER, GOOD]) + b"\n")
+    details: list[tuple[str, int, str]] = []
+    notices: list[str] = []
+    parser = LineParser(
+        FIELDS,
+        on_bad_line=lambda reason, source, line, detail: details.append(
+            (reason, line, detail)
+        ),
+        on_notice=notices.append,
+        max_line_bytes=65_536,
+    )
+
+    flows = _parse_file(parser, path)
+
+    assert list(flows.columns["uid"]) == ["Cgood1"]
+    assert len(notices) == 1
+    assert (
+        "it starts with NUL bytes, as a log does when logrotate's copytruncate"
+        in (notices[0])
+    )
+    assert "--max-line-bytes" not in notices[0]
+    assert details == [
+        (
+            "overlong",
+            1,
+            "longer than --max-line-bytes 65536; raise it if the log has such lines",
+        )
+    ]
+
+
 def test_labeled_line_without_header_is_conn_log(iot23):
     path = iot23 / "zeek/CTU-Honeypot-Capture-4-1.conn.log.labeled"
     data = [line for line in path.read_bytes().split(b"\n") if line[:1] != b"#"]

@@ -46,6 +46,9 @@ hundred bytes, so 64 KiB leaves room for long `tunnel_parents` sets."""
 DEFAULT_POLL_INTERVAL = 0.01
 """Seconds between checks of a followed file that has no new data."""
 
+HEAD_BYTES = 64
+"""Bytes at the start of a file that `LineSplitter.head` keeps."""
+
 DEFAULT_ROTATION_WAIT = 1.0
 """Seconds a renamed log must stay unchanged before the new one is opened."""
 
@@ -70,6 +73,9 @@ class Chunk:
     every new file of a folder, and a parser resets its header state then."""
     read_at: float = field(default_factory=time.monotonic)
     """`time.monotonic()` when the bytes were read."""
+    head: bytes = b""
+    """The first bytes of the file instance (up to `HEAD_BYTES`), which show
+    what an overlong first line, whose bytes are dropped, started with."""
 
 
 class LineSource(Protocol):
@@ -101,6 +107,8 @@ class LineSplitter:
         self.max_line_bytes = max_line_bytes
         self.lines_seen = 0
         """Lines returned so far (overlong ones included)."""
+        self.head = b""
+        """The first `HEAD_BYTES` bytes fed since the splitter was made."""
         self._partial = b""
         self._skipping_overlong = False
 
@@ -111,6 +119,8 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[bytes | None]:
         """Return the lines that `data` completes."""
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
         if self._partial:
             data = self._partial + data
         lines: list[bytes | None] = data.split(b"\n")  # type: ignore[assignment]
@@ -174,7 +184,9 @@ class _SplitterSource:
         if not lines:
             return None
         first = self._splitter.lines_seen - len(lines) + 1
-        return Chunk(lines, self._source, first, self._generation)
+        return Chunk(
+            lines, self._source, first, self._generation, head=self._splitter.head
+        )
 
     def _report_stop(self, name: str | Path) -> None:
         """Report a stop before the end of the data as a `stopped` notice.

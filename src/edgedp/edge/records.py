@@ -209,8 +209,16 @@ def foreign_input_message(source: str | Path, description: str) -> str:
     return f"{source} is not a Zeek conn log: {description}"
 
 
+_NUL_HEAD = (
+    "it starts with NUL bytes, as a log does when logrotate's copytruncate "
+    "empties it while its writer goes on writing at its old offset instead of "
+    "appending; let the writer open the log in append mode, or remove the NUL "
+    "bytes with tr -d '\\000'"
+)
+
+
 def foreign_format(
-    lines: Sequence[bytes | None], max_line_bytes: int | None = None
+    lines: Sequence[bytes | None], max_line_bytes: int | None = None, head: bytes = b""
 ) -> str | None:
     """Describe why the first lines of a file are not a Zeek conn log.
 
@@ -219,11 +227,14 @@ def foreign_format(
     fields, or 23 with IoT-23's labels), and for a file with no line yet.
     Otherwise returns what the lines look like and what serve reads, without
     the file name. `max_line_bytes` is the line source's limit, named in the
-    message when the first line exceeds it.
+    message when the first line exceeds it. `head` is the file's first bytes
+    (`Chunk.head`), which show what an overlong first line starts with.
     """
     sample = [line for line in lines[:_SNIFF_LINES] if line is None or line.strip()]
     if not sample:
         return None
+    if head.startswith(b"\x00"):
+        return _NUL_HEAD
     first = sample[0]
     if first is None:
         limit = "" if max_line_bytes is None else f" {max_line_bytes}"
@@ -365,6 +376,8 @@ class LineParser:
         on_absurd_value: receives every impossible value that is kept.
         on_notice: receives messages about the input as a whole, such as a
             header without a needed field.
+        max_line_bytes: the line source's limit, named in the messages
+            about overlong lines.
     """
 
     def __init__(
@@ -375,6 +388,7 @@ class LineParser:
         on_bad_line: BadLineCallback | None = None,
         on_absurd_value: AbsurdValueCallback | None = None,
         on_notice: Callable[[str], None] | None = None,
+        max_line_bytes: int | None = None,
     ) -> None:
         if log_format not in FORMATS:
             raise ValueError(
@@ -388,6 +402,7 @@ class LineParser:
             f for f in self.fields if f not in self.numeric_fields
         )
         self.log_format = log_format
+        self.max_line_bytes = max_line_bytes
         self._report_bad_line = on_bad_line or _ignore
         self._pending_bad_lines: list[tuple[str, str, int, str]] = []
         self._on_absurd_value = on_absurd_value or _ignore
@@ -453,7 +468,9 @@ class LineParser:
         if not any(line is None or line.strip() for line in chunk.lines):
             return
         self._sniffed = True
-        self.foreign_input = foreign_format(chunk.lines)
+        self.foreign_input = foreign_format(
+            chunk.lines, self.max_line_bytes, chunk.head
+        )
         if self.foreign_input is not None:
             self._on_notice(
                 f"{foreign_input_message(chunk.source, self.foreign_input)}. "
@@ -480,10 +497,15 @@ class LineParser:
         numbers = np.arange(chunk.first_line, chunk.first_line + len(lines))
         if None in lines:
             keep = [index for index, line in enumerate(lines) if line is not None]
-            for index in np.setdiff1d(np.arange(len(lines)), keep):
-                self._on_bad_line(
-                    "overlong", chunk.source, int(numbers[index]), "line too long"
+            if self.max_line_bytes is None:
+                detail = "line too long"
+            else:
+                detail = (
+                    f"longer than --max-line-bytes {self.max_line_bytes}; raise "
+                    "it if the log has such lines"
                 )
+            for index in np.setdiff1d(np.arange(len(lines)), keep):
+                self._on_bad_line("overlong", chunk.source, int(numbers[index]), detail)
             lines = [lines[index] for index in keep]
             numbers = numbers[keep]
         if not lines:

@@ -278,9 +278,9 @@ def check_log_format(path: Path, max_line_bytes: int) -> None:
         InputFormatError: the first lines are not a Zeek TSV or JSON log, or
             their header names another Zeek log (`#path dns`, for example).
     """
-    lines = _first_lines(path, max_line_bytes)
+    lines, head = _first_lines(path, max_line_bytes)
     _reject_other_log(path, lines)
-    description = foreign_format(lines, max_line_bytes)
+    description = foreign_format(lines, max_line_bytes, head)
     if description is not None:
         raise InputFormatError(foreign_input_message(path, description))
 
@@ -296,16 +296,19 @@ def check_log_path(path: Path, max_line_bytes: int) -> None:
         FileNotFoundError: the file does not exist.
         InputFormatError: the header names another Zeek log.
     """
-    _reject_other_log(path, _first_lines(path, max_line_bytes))
+    _reject_other_log(path, _first_lines(path, max_line_bytes)[0])
 
 
-def _first_lines(path: Path, max_line_bytes: int) -> list[bytes | None]:
+def _first_lines(path: Path, max_line_bytes: int) -> tuple[list[bytes | None], bytes]:
+    """Return the lines of the first read of `path`, and its first bytes."""
     source = FileSource(path, max_line_bytes=max_line_bytes)
     try:
         chunk = source.read(0)
     finally:
         source.close()
-    return [] if chunk is None else chunk.lines
+    if chunk is None:
+        return [], b""
+    return chunk.lines, chunk.head
 
 
 def _reject_other_log(path: Path, lines: list[bytes | None]) -> None:
@@ -350,6 +353,7 @@ class Gateway:
             on_bad_line=self._bad_line,
             on_absurd_value=self._absurd_value,
             on_notice=self._notice,
+            max_line_bytes=settings.max_line_bytes,
         )
         self._categorical_fields = [
             field
@@ -583,12 +587,14 @@ class Gateway:
 
     def _absurd_value(self, field: str, source: str, line: int, value: float) -> None:
         self.stats.absurd_values[field] += 1
+        # Ports and counts are whole numbers, so print them without ".0".
+        shown = int(value) if value.is_integer() else value
         self.warnings.warn(
             "%s:%d: %s=%r is out of range; the encoder clips it",
             source,
             line,
             field,
-            value,
+            shown,
         )
 
     def _notice(self, message: str) -> None:

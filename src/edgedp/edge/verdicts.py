@@ -147,8 +147,9 @@ def resolve_threshold(
             value = entry.get("value") if isinstance(entry, Mapping) else entry
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return name, float(value)
+    recorded = ", ".join(sorted(thresholds)) or "none"
     raise BundleError(
         f"{bundle.root} has no anomaly threshold {' or '.join(map(str, names))} "
-        f"(it records {sorted(thresholds) or 'none'}); pass --threshold with a "
-        "number or one of the recorded names"
+        f"(it records {recorded}); pass --threshold with a number or one of the "
+        "recorded names"
     )
