@@ -36,6 +36,7 @@ def test_layout_and_contract(prepared):
 
     assert sorted(p.name for p in prepared.root.iterdir()) == [
         "dataset.json",
+        "fingerprint.key",
         "test.parquet",
         "train.parquet",
         "validation.parquet",
@@ -285,6 +286,22 @@ def test_one_more_line_moves_no_other_flow(iot23, tmp_path, cap, most_changed):
     changed = _train_uids(before) ^ _train_uids(after)
     assert len(changed) <= most_changed
     assert changed <= {"CZZZZZZZZZZZZZZZZ", *_train_uids(before)}
+
+
+def test_rerun_keeps_fingerprint_key(iot23, tmp_path):
+    source = [iot23 / "zeek" / "CTU-Honeypot-Capture-5-1.conn.log.labeled"]
+    first = prepare_dataset(source, tmp_path / "out", classes=["Benign"])
+    key = first.fingerprint_key
+
+    again = prepare_dataset(
+        source, tmp_path / "out", classes=["Benign"], overwrite=True
+    )
+    elsewhere = prepare_dataset(source, tmp_path / "other", classes=["Benign"])
+
+    assert key is not None
+    assert len(key) == 32
+    assert again.fingerprint_key == key
+    assert elsewhere.fingerprint_key != key
 
 
 def test_flow_draws_fixed_by_seed():

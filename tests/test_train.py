@@ -18,7 +18,12 @@ import torch
 from edgedp import config
 from edgedp.atomic import OutputError
 from edgedp.bundle import TORCH_WEIGHTS, load_bundle
-from edgedp.dataset import MANIFEST_NAME, DatasetError, load_prepared
+from edgedp.dataset import (
+    FINGERPRINT_KEY_NAME,
+    MANIFEST_NAME,
+    DatasetError,
+    load_prepared,
+)
 from edgedp.metrics import classification_metrics
 from edgedp.models import ModelSpec, build_model, classifier_spec, load_model
 from edgedp.privacy import (
@@ -277,6 +282,18 @@ def test_fingerprint_changes_with_split(prepared_iot23, tmp_path):
     assert dataset_fingerprint(load_prepared(copy)) != dataset_fingerprint(
         prepared_iot23
     )
+
+
+def test_fingerprint_needs_dataset_key(prepared_iot23, tmp_path):
+    copy = _copy_dataset(prepared_iot23, tmp_path / "rekeyed")
+    (copy / FINGERPRINT_KEY_NAME).write_text("00" * 32 + "\n")
+    unkeyed = _copy_dataset(prepared_iot23, tmp_path / "unkeyed")
+    (unkeyed / FINGERPRINT_KEY_NAME).unlink()
+
+    keyed = dataset_fingerprint(prepared_iot23)
+
+    assert dataset_fingerprint(load_prepared(copy)) != keyed
+    assert dataset_fingerprint(load_prepared(unkeyed)) != keyed
 
 
 def _copy_dataset(dataset, destination):

@@ -23,6 +23,9 @@ ID_COLUMNS: tuple[str, ...] = ("uid", "ts", "source")
 LABEL_COLUMN = "label"
 LABEL_INDEX_COLUMN = "label_index"
 MANIFEST_NAME = "dataset.json"
+FINGERPRINT_KEY_NAME = "fingerprint.key"
+"""A random secret of the dataset folder that keys its fingerprint, so that
+the fingerprint in a bundle cannot be matched against candidate datasets."""
 
 
 class DatasetError(ValueError):
@@ -63,6 +66,20 @@ class PreparedDataset:
     @property
     def encoder_version(self) -> str:
         return str(self.manifest["encoder_version"])
+
+    @property
+    def fingerprint_key(self) -> bytes | None:
+        """The secret that keys the dataset's fingerprint, if it has one."""
+        path = self.root / FINGERPRINT_KEY_NAME
+        if not path.is_file():
+            return None
+        try:
+            return bytes.fromhex(path.read_text().strip())
+        except ValueError as error:
+            raise DatasetError(
+                f"{path} is not a hex key ({error}); rerun `edgedp prepare` "
+                "into this folder, and retrain the bundles that use it"
+            ) from error
 
     def split(self, name: str) -> Split:
         """Read one split into memory."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import io
 import logging
 import math
@@ -254,13 +255,16 @@ def _check_dataset(
 
 
 def dataset_fingerprint(dataset: PreparedDataset) -> str:
-    """Return the sha256 of a prepared dataset's split files, as hex.
+    """Return a fingerprint of a prepared dataset's split files, as hex.
 
-    Two preparations with the same rows in the same splits have the same
-    fingerprint wherever they are stored, because `edgedp prepare` writes the
-    same bytes for the same inputs and settings. Another split seed, method
-    or input gives another fingerprint. So does the same data written by
-    another pyarrow version, which makes the check stricter than needed.
+    It is an HMAC-SHA256, keyed with the dataset folder's secret
+    (`dataset.FINGERPRINT_KEY_NAME`), of the sha256 of each split file. With
+    a plain hash of the files, an attacker who knows all training flows but
+    one could test each candidate dataset against a bundle's fingerprint,
+    outside the DP guarantee. A copy of the folder keeps the key and so the
+    fingerprint. The same logs prepared again into a new folder get a new
+    key, and another fingerprint. A folder written before datasets had a
+    key gets the plain sha256.
     """
     digest = hashlib.sha256()
     for name in SPLITS:
@@ -268,7 +272,10 @@ def dataset_fingerprint(dataset: PreparedDataset) -> str:
         if not path.is_file():
             raise DatasetError(f"{path} is missing; rerun `edgedp prepare`")
         digest.update(f"{name} {sha256_file(path)}\n".encode())
-    return digest.hexdigest()
+    key = dataset.fingerprint_key
+    if key is None:
+        return digest.hexdigest()
+    return hmac.new(key, digest.digest(), hashlib.sha256).hexdigest()
 
 
 def training_population(

@@ -32,8 +32,10 @@ when the dataset is complete (`edgedp.atomic.directory`).
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from string import hexdigits
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,7 @@ from edgedp.data import labels, readers, sources, splits
 from edgedp.data.flowkeys import FlowKeys, KeyLog
 from edgedp.data.sources import FlowLogError
 from edgedp.dataset import (
+    FINGERPRINT_KEY_NAME,
     LABEL_COLUMN,
     LABEL_INDEX_COLUMN,
     MANIFEST_NAME,
@@ -192,9 +195,25 @@ def prepare_dataset(
         for part in part_files:
             part.unlink()
         parts.rmdir()
+        (folder / FINGERPRINT_KEY_NAME).write_text(_fingerprint_key(out) + "\n")
         atomic.write_json(folder / MANIFEST_NAME, _ordered(manifest))
     log.info("wrote %s", out)
     return load_prepared(out)
+
+
+def _fingerprint_key(out: Path) -> str:
+    """Return the key of the dataset folder `out` replaces, or a new one.
+
+    Keeping the key keeps the fingerprint of the same data, so the bundles
+    trained on a dataset still match it after a rerun writes it again.
+    """
+    try:
+        old = (out / FINGERPRINT_KEY_NAME).read_text().strip()
+    except OSError:
+        old = ""
+    if len(old) == 64 and all(c in hexdigits for c in old):
+        return old
+    return secrets.token_hex(32)
 
 
 def _check_settings(
