@@ -136,6 +136,22 @@ def test_alerts_only_flagged_flows(gateway_bundles, iot23, tmp_path):
     assert totals["flows"] == 4426
 
 
+def test_batches_hold_at_most_batch_flows(gateway_bundles, iot23, tmp_path):
+    bundle = gateway_bundles["classifier"]
+    log = iot23 / ZEEK_LOGS["42-1"]
+
+    small, totals = _serve(
+        bundle, log, tmp_path, all_flows=True, batch=100, max_delay=600.0
+    )
+    default, _ = _serve(bundle, log, tmp_path, all_flows=True)
+
+    # Chunks of 64 KiB hold hundreds of flows, so whole batches of 100 and
+    # one of the 26 flows left at the end show that chunks are split.
+    assert totals["flows"] == 4426
+    assert totals["batches"] == 45
+    assert small == default
+
+
 def test_bad_lines_do_not_stop_serve(gateway_bundles, iot23, tmp_path):
     text = (iot23 / ZEEK_LOGS["42-1"]).read_bytes().replace(b"\r\n", b"\n")
     lines = text.split(b"\n")

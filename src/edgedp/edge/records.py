@@ -119,6 +119,19 @@ class FlowColumns:
     def __len__(self) -> int:
         return len(self.lines)
 
+    def split(self, count: int) -> tuple[FlowColumns, FlowColumns]:
+        """Return the first `count` flows and the rest, in order."""
+        head = {name: values[:count] for name, values in self.columns.items()}
+        tail = {name: values[count:] for name, values in self.columns.items()}
+        return (
+            FlowColumns(
+                head, self.sources[:count], self.lines[:count], self.read_at[:count]
+            ),
+            FlowColumns(
+                tail, self.sources[count:], self.lines[count:], self.read_at[count:]
+            ),
+        )
+
     @classmethod
     def concat(cls, parts: Sequence[FlowColumns]) -> FlowColumns:
         """Join parts in order; a single part is returned as it is."""

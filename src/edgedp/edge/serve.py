@@ -437,14 +437,14 @@ class Gateway:
                     or now - pending[0].read_at[0] >= settings.max_delay
                 )
                 if due or (pending and self.source.finished):
-                    self._classify(pending)
-                    pending, pending_flows = [], 0
+                    pending = self._classify_due(pending, now)
+                    pending_flows = sum(map(len, pending))
                 self.stats.maybe_report(now, pending_flows)
                 if self.source.finished:
                     break
 
             if pending:
-                self._classify(pending)
+                self._classify_due(pending, math.inf)
         except BrokenPipeError:
             log.error("the alert output was closed by its reader; stopping")
             self.stats.events["alert_output_closed"] += 1
@@ -517,8 +517,31 @@ class Gateway:
         except BrokenPipeError:
             _silence_stdout()
 
-    def _classify(self, pending: list[FlowColumns]) -> None:
+    def _classify_due(
+        self, pending: list[FlowColumns], now: float
+    ) -> list[FlowColumns]:
+        """Classify the pending flows in batches of `batch`; return the rest.
+
+        Whole batches go first. The flows left over, fewer than `batch`, wait
+        for more unless the oldest of them is due at `now` (`max_delay`) or
+        the input has ended; `now` of `math.inf` classifies them all.
+        Batches of at most `batch` flows bound the memory that one batch
+        takes, whatever the size of the chunks that the source reads.
+        """
+        batch = self.settings.batch
         flows = FlowColumns.concat(pending)
+        while len(flows) >= batch:
+            head, flows = flows.split(batch)
+            self._classify(head)
+        if not len(flows):
+            return []
+        overdue = now - flows.read_at[0] >= self.settings.max_delay
+        if overdue or self.source.finished:
+            self._classify(flows)
+            return []
+        return [flows]
+
+    def _classify(self, flows: FlowColumns) -> None:
         self._check_categories(flows)
         columns = dict(flows.columns)
         for field in self._categorical_fields:
