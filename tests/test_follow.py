@@ -297,9 +297,10 @@ def test_truncation_while_behind_not_unfinished(tmp_path):
     assert chunk is not None
     number = chunk.first_line + len(chunk.lines)
     assert [line for *_, line in rest] == [b"new 1", b"new 2"]
-    assert [kind for kind, _ in events] == ["truncated"]
-    assert events[0][1].startswith(
+    assert [kind for kind, _ in events] == ["skipped_by_truncation", "truncated"]
+    assert events[0][1] == (
         f"{log} was truncated before reading reached its end, at line {number}; "
+        "the lines from there on were not read"
     )
 
 

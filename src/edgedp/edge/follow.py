@@ -314,8 +314,9 @@ class FileSource(_SplitterSource):
         rotation_wait: seconds without growth of a renamed file before
             reading moves to the new file at `path`.
         on_event: called with `(kind, message)` for `rotated`, `truncated`,
-            `partial_dropped`, `waiting`, `unreadable_file` and
-            `corrupt_file` events, which the caller counts and logs, and
+            `skipped_by_truncation`, `partial_dropped`, `waiting`,
+            `unreadable_file` and `corrupt_file` events, which the caller
+            counts and logs, and
             for `stopped` notices. `close` reports a partial line still held
             back at the end of the data as `partial_dropped`. Closed before
             the end of the data, the source reports the line at which
@@ -541,20 +542,21 @@ class FileSource(_SplitterSource):
         assert self._handle is not None
         if self._at_end:
             self._drop_unfinished_line(self.path, "that the truncation cut off")
-            message = f"{self.path} was truncated; reading it from the start"
         else:
             number = self._splitter.lines_seen + 1
             self._splitter.reset()
-            message = (
+            self._on_event(
+                "skipped_by_truncation",
                 f"{self.path} was truncated before reading reached its end, at "
-                f"line {number}; the lines from there on were not read. "
-                "Reading it from the start"
+                f"line {number}; the lines from there on were not read",
             )
         self._handle.seek(0)
         self._position = 0
         self._at_end = False
         self._start_file(self.path.name)
-        self._on_event("truncated", message)
+        self._on_event(
+            "truncated", f"{self.path} was truncated; reading it from the start"
+        )
 
     def _finish(self) -> Chunk | None:
         self.finished = True

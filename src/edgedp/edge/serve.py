@@ -632,6 +632,8 @@ class Gateway:
         if kind == "partial_dropped":
             self.stats.add_bad_line("truncated")
             log.warning("%s", message)
+        elif kind == "skipped_by_truncation":
+            log.warning("%s", message)
         elif kind in ("corrupt_file", "unreadable_file"):
             log.error("%s", message)
         else:
