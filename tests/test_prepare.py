@@ -76,16 +76,13 @@ def test_classes_and_counts(prepared):
     }
 
 
-def test_random_split_fractions_per_class(prepared):
+def test_random_split_is_stratified(prepared):
     counts = prepared.manifest["splits"]
 
-    # Each flow draws its split alone, so a class of n flows puts a
-    # binomial(n, fraction) number in each split.
     for name in prepared.classes:
         total = sum(counts[s]["classes"][name] for s in SPLITS)
         for split, fraction in config.SPLIT_FRACTIONS.items():
-            spread = (total * fraction * (1 - fraction)) ** 0.5
-            assert abs(counts[split]["classes"][name] - fraction * total) <= 4 * spread
+            assert abs(counts[split]["classes"][name] - fraction * total) <= 1
 
 
 def test_splits_match_manifest(prepared):
@@ -162,9 +159,9 @@ def test_too_small_class_dropped(iot23, tmp_path, caplog):
 
     assert dataset.classes == ["Benign", "DDoS"]
     assert dataset.manifest["dropped_classes"]["PartOfAHorizontalPortScan"] == {
-        "train": 2,
+        "train": 1,
         "validation": 0,
-        "test": 0,
+        "test": 1,
     }
     assert "dropping class PartOfAHorizontalPortScan" in caplog.text
 
@@ -189,7 +186,7 @@ def test_all_classes_too_small_random(iot23, tmp_path):
 
     message = str(caught.value)
     assert "too small for the random split" in message
-    assert "Benign 2 flows (train 2, validation 0, test 0)" in message
+    assert "Benign 2 flows (train 1, validation 0, test 1)" in message
     assert "no flows of PartOfAHorizontalPortScan, Okiru" in message
     assert "add flows of these classes" in message
     assert "--split random" not in message
@@ -268,8 +265,16 @@ def _train_uids(dataset) -> set[str]:
     return set(table.column("uid").to_pylist())
 
 
-@pytest.mark.parametrize(("cap", "most_changed"), [(None, 1), (300, 2)])
-def test_one_more_line_moves_no_other_flow(iot23, tmp_path, cap, most_changed):
+@pytest.mark.parametrize(
+    ("split", "cap", "most_changed"),
+    [
+        ("independent", None, 1),
+        ("independent", 300, 2),
+        ("random", None, 2),
+        ("random", 300, 4),
+    ],
+)
+def test_one_more_line_moves_few_flows(iot23, tmp_path, split, cap, most_changed):
     source = iot23 / "zeek" / "CTU-Honeypot-Capture-5-1.conn.log.labeled"
     lines = source.read_text().splitlines()
     extra = lines[8].replace("CJAF5z3MDFg4XVDXB", "CZZZZZZZZZZZZZZZZ", 1)
@@ -278,7 +283,7 @@ def test_one_more_line_moves_no_other_flow(iot23, tmp_path, cap, most_changed):
     (tmp_path / "a" / "conn.log").write_text("\n".join(lines) + "\n")
     more = [*lines[:9], extra, *lines[9:]]
     (tmp_path / "b" / "conn.log").write_text("\n".join(more) + "\n")
-    options = {"classes": ["Benign"], "max_rows_per_class": cap}
+    options = {"classes": ["Benign"], "max_rows_per_class": cap, "split": split}
 
     before = prepare_dataset([tmp_path / "a"], tmp_path / "before", **options)
     after = prepare_dataset([tmp_path / "b"], tmp_path / "after", **options)
@@ -594,7 +599,7 @@ def test_row_counts_add_up(iot23, tmp_path):
         "C&C-FileDownload": 14,
         "FileDownload": 3,
     }
-    assert [manifest["splits"][s]["rows"] for s in SPLITS] == [33886, 13674, 20469]
+    assert [manifest["splits"][s]["rows"] for s in SPLITS] == [34015, 13605, 20409]
     for entry in manifest["inputs"]:
         parts = (
             entry["duplicates_dropped"]

@@ -62,8 +62,8 @@ STUDY_SEEDS: tuple[int, ...] = (0, 1, 2)
 # connection state, duration). `extended` adds service, byte and packet
 # counts, missed bytes and history flags.
 FEATURE_SET = "extended"
-# `random` assigns each flow by its own seeded draw, in the study's
-# proportions. `capture` keeps each input file in one split.
+# `random` is the study's stratified split. `independent` assigns each flow
+# alone, and `capture` keeps each input file in one split.
 SPLIT_METHOD = "random"
 
 # The next three blocks repeat the defaults of `edgedp train`, `edgedp

@@ -48,7 +48,7 @@ STAGES: tuple[str, ...] = (
 # imports torch, which this one must not.
 MODELS: tuple[str, ...] = ("classifier", "autoencoder")
 FEATURE_SETS: tuple[str, ...] = ("paper", "extended")
-SPLIT_METHODS: tuple[str, ...] = ("random", "capture")
+SPLIT_METHODS: tuple[str, ...] = ("random", "independent", "capture")
 CALIBRATION_SOURCES: tuple[str, ...] = ("auto", "validation", "train", "synthetic")
 
 # Spelling of the non-private baseline in the `epsilons` list of an experiment

@@ -138,7 +138,8 @@ def prepare(
     split: Annotated[
         str,
         typer.Option(
-            help="random: 50/30/20, flow by flow; capture: whole files per split."
+            help="random: 50/30/20 per class; independent: 50/30/20 on average, "
+            "each flow on its own; capture: whole files per split."
         ),
     ] = "random",
     seed: Annotated[

@@ -92,7 +92,8 @@ def prepare_dataset(
         classes: class names, in the order of `label_index`.
         class_mapping: `PATTERN` to class name, applied to source labels
             before matching `classes` (see `edgedp.data.labels`).
-        split: `random` (each flow by its own draw) or `capture` (whole files).
+        split: `random` (stratified by class), `independent` (each flow by
+            its own draw) or `capture` (whole files); see `splits`.
         seed: seed of the split.
         overwrite: replace an existing `out`.
         max_rows_per_file: read at most this many flows from each file.
@@ -504,7 +505,9 @@ def _write_splits(
     fractions = config.SPLIT_FRACTIONS
     split_of_file: dict[str, str] = {}
     if split == splits.RANDOM:
-        assignment = splits.random_split(split_draws, fractions)
+        assignment = splits.random_split(kept_labels, split_draws, fractions)
+    elif split == splits.INDEPENDENT:
+        assignment = splits.independent_split(split_draws, fractions)
     else:
         names = [report.path.name for report in reports]
         try:
@@ -533,7 +536,7 @@ def _write_splits(
             kept_classes[0],
         )
     if not kept_classes:
-        if split == splits.RANDOM:
+        if split != splits.CAPTURE:
             fix = (
                 "add flows of these classes, or merge them into fewer classes "
                 "with --classes and --map"

@@ -1,12 +1,19 @@
 """Assigning flows to the train, validation and test splits.
 
-- `random`: each flow goes to a split by its own draw, a number in [0, 1)
-  computed from the flow's `uid` and `ts` and the seed (`flow_draws`). So
-  adding or removing one flow moves no other flow, and two logs that differ
-  in one line give training splits that differ in at most one row, the
-  neighbouring relation of the DP guarantee. Every class is split in the
-  fractions on average, but not exactly: a class of n flows gets a binomial
-  number of them in each split.
+Both flow-level methods rank flows by a draw in [0, 1) computed from the
+flow's `uid` and `ts` and the seed alone (`flow_draws`), never by a shuffle
+of the whole class, so one more flow moves few others:
+
+- `random`: stratified. Each class is ordered by draw and cut at the
+  rounded cumulative fractions, so every class is split in the fractions
+  to within one flow. One more flow can push one other flow across a cut,
+  so two logs that differ in one line give training splits that differ in
+  at most two rows.
+- `independent`: each flow goes to a split by its own draw alone. Two logs
+  that differ in one line give training splits that differ in at most one
+  row, the neighbouring relation of the DP guarantee. Every class is split
+  in the fractions on average, not exactly: a class of n flows puts a
+  binomial number of them in each split.
 - `capture`: every input file goes whole to one split. Flows of one capture
   are often near-duplicates of each other (the same scan repeated thousands
   of times), so a flow-level random split puts near-copies of test flows in
@@ -24,8 +31,9 @@ import numpy as np
 from edgedp.dataset import SPLITS
 
 RANDOM = "random"
+INDEPENDENT = "independent"
 CAPTURE = "capture"
-METHODS: tuple[str, ...] = (RANDOM, CAPTURE)
+METHODS: tuple[str, ...] = (RANDOM, INDEPENDENT, CAPTURE)
 
 _DRAW_SCALE = 2.0**-53
 
@@ -71,7 +79,7 @@ def flow_draws(
     return words[:, 0] * _DRAW_SCALE, words[:, 1] * _DRAW_SCALE
 
 
-def random_split(draws: np.ndarray, fractions: Mapping[str, float]) -> np.ndarray:
+def independent_split(draws: np.ndarray, fractions: Mapping[str, float]) -> np.ndarray:
     """Return the split index (into `SPLITS`) of every flow from its draw.
 
     A flow goes to the first split whose cumulative fraction exceeds its
@@ -79,6 +87,27 @@ def random_split(draws: np.ndarray, fractions: Mapping[str, float]) -> np.ndarra
     """
     bounds = np.cumsum(check_fractions(fractions))[:-1]
     return np.searchsorted(bounds, draws, side="right").astype(np.int8)
+
+
+def random_split(
+    labels: np.ndarray, draws: np.ndarray, fractions: Mapping[str, float]
+) -> np.ndarray:
+    """Return the split index of every flow, stratified by class.
+
+    Each class is ordered by draw, and its k-th flow of n goes to the first
+    split whose cumulative fraction times n, rounded half up, exceeds k.
+    The cuts never move down when a flow is added, and move up by at most
+    one, which bounds how many flows one more flow moves (module docs).
+    """
+    cumulative = np.cumsum(check_fractions(fractions))[:-1]
+    assignment = np.empty(len(labels), dtype=np.int8)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        members = members[np.argsort(draws[members], kind="stable")]
+        cuts = np.floor(cumulative * len(members) + 0.5).astype(np.int64)
+        ranks = np.arange(len(members))
+        assignment[members] = np.searchsorted(cuts, ranks, side="right")
+    return assignment
 
 
 def cap_classes(labels: np.ndarray, cap: int, draws: np.ndarray) -> np.ndarray:
