@@ -316,11 +316,10 @@ class FileSource(_SplitterSource):
         on_event: called with `(kind, message)` for `rotated`, `truncated`,
             `skipped_by_truncation`, `partial_dropped`, `waiting`,
             `unreadable_file` and `corrupt_file` events, which the caller
-            counts and logs, and
-            for `stopped` notices. `close` reports a partial line still held
-            back at the end of the data as `partial_dropped`. Closed before
-            the end of the data, the source reports the line at which
-            reading stopped as `stopped`.
+            counts and logs, and for `stopped` notices. `close` reports a
+            partial line still held back at the end of the data as
+            `partial_dropped`. Closed before the end of the data, the source
+            reports the line at which reading stopped as `stopped`.
 
     Raises (from the constructor):
         FileNotFoundError: the file does not exist and is not followed.
@@ -411,14 +410,13 @@ class FileSource(_SplitterSource):
             return chunk
         deadline = time.monotonic() + timeout
         while not self.finished:
-            if self._handle is None and not self._reopen():
-                pass
-            elif (chunk := self._read_available()) is not None:
-                return chunk
-            elif not self.follow:
-                return self._finish()
-            elif (chunk := self._check_rotation()) is not None:
-                return chunk
+            if self._handle is not None or self._reopen():
+                if (chunk := self._read_available()) is not None:
+                    return chunk
+                if not self.follow:
+                    return self._finish()
+                if (chunk := self._check_rotation()) is not None:
+                    return chunk
 
             remaining = deadline - time.monotonic()
             if remaining <= 0:
