@@ -524,7 +524,7 @@ class Gateway:
 
         Whole batches go first. The flows left over, fewer than `batch`, wait
         for more unless the oldest of them is due at `now` (`max_delay`) or
-        the input has ended; `now` of `math.inf` classifies them all.
+        the input has ended. A `now` of `math.inf` classifies them all.
         Batches of at most `batch` flows bound the memory that one batch
         takes, whatever the size of the chunks that the source reads.
         """
@@ -611,13 +611,13 @@ class Gateway:
     def _absurd_value(self, field: str, source: str, line: int, value: float) -> None:
         self.stats.absurd_values[field] += 1
         # Ports and counts are whole numbers, so print them without ".0".
-        shown = int(value) if value.is_integer() else value
+        number = int(value) if value.is_integer() else value
         self.warnings.warn(
             "%s:%d: %s=%r is out of range; the encoder clips it",
             source,
             line,
             field,
-            shown,
+            number,
         )
 
     def _notice(self, message: str) -> None:
