@@ -157,7 +157,10 @@ def test_unknown_key_names_valid_ones(text, message):
         ("[train.classifier]\nbatch_size = 2.5\n", "batch_size must be a whole"),
         ("[train]\nclassifier = 3\n", "classifier must be a table"),
         ('[prepare]\nfeature_set = "all"\n', "feature_set must be one of paper"),
-        ('[prepare]\nsplit = "time"\n', "split must be one of random, independent, capture"),
+        (
+            '[prepare]\nsplit = "time"\n',
+            "split must be one of random, independent, capture",
+        ),
         ('[prepare]\nclasses = ["Benign"]\n', "at least two classes"),
         ("[prepare]\nmax_rows_per_file = 0\n", "max_rows_per_file must be"),
         ("[prepare]\nmax_rows_per_class = -5\n", "max_rows_per_class must be"),

@@ -577,6 +577,42 @@ def test_json_without_conn_fields_rejected(tmp_path, prepared_iot23):
         readers.open_report(one_line)
 
 
+def test_json_of_other_zeek_logs_rejected(tmp_path):
+    connection = {
+        "ts": 1.5,
+        "uid": "CAbc",
+        "id": {"orig_h": "10.0.0.1", "orig_p": 5353, "resp_h": "10.0.0.2"},
+        "proto": "udp",
+    }
+    dns = tmp_path / "dns.json"
+    dns.write_text(json.dumps({**connection, "id.resp_p": 53, "query": "a"}) + "\n")
+    named = tmp_path / "all.json"
+    named.write_text(
+        json.dumps({**connection, "_path": "http", "id.resp_p": 80}) + "\n"
+    )
+
+    with pytest.raises(FlowLogError, match="first JSON object has no conn_state"):
+        readers.open_report(dns)
+    with pytest.raises(FlowLogError, match="is a Zeek http log, not a conn log"):
+        readers.open_report(named)
+
+
+def test_nested_json_conn_record_accepted(tmp_path):
+    record = {
+        "ts": 1.5,
+        "uid": "CAbc",
+        "id": {"orig_h": "10.0.0.1", "orig_p": 1, "resp_h": "10.0.0.2", "resp_p": 2},
+        "proto": "tcp",
+        "conn_state": "SF",
+    }
+    path = tmp_path / "conn.json"
+    path.write_text(json.dumps(record) + "\n")
+
+    report = readers.open_report(path)
+
+    assert report.format == "zeek-json"
+
+
 def test_find_logs_skips_edgedp_outputs(tmp_path, iot23, caplog):
     log_name = "CTU-Honeypot-Capture-4-1.conn.log.labeled"
     source = (iot23 / "zeek" / log_name).read_bytes()

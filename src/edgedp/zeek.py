@@ -28,6 +28,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 # Zeek's default markers for an unset field and for an empty set or vector.
 UNSET = "-"
@@ -357,3 +358,48 @@ def normalize_label(value: str | None) -> str | None:
     if is_missing(stripped):
         return None
     return _LABELS_BY_FOLDED.get(stripped.casefold(), stripped)
+
+
+ALWAYS_LOGGED: tuple[str, ...] = (
+    "ts",
+    "uid",
+    "id.orig_h",
+    "id.orig_p",
+    "id.resp_h",
+    "id.resp_p",
+    "proto",
+    "conn_state",
+)
+"""Fields that Zeek writes on every conn.log line, unset or not.
+
+`Conn::Info` declares `conn_state` `&optional`, but `set_conn` in Zeek's
+`base/protocols/conn/main.zeek` sets it for every connection before the line
+is written, and the other logs (dns, http, ...) have no such field. A JSON
+line without one of these fields that the parser reads is not a conn.log
+record: the gateway skips it as `missing_fields`, and `prepare` rejects a
+JSON file whose first object lacks one. Every other field may be absent,
+because Zeek's JSON writer leaves unset fields out.
+"""
+
+
+def flatten_json(record: dict[str, Any]) -> dict[str, Any]:
+    """Return a JSON log object's fields under dotted, canonical names.
+
+    Nested objects (`{"id": {"orig_h": ...}}`) are flattened and every name
+    goes through `canonical_field`. An object in a numeric field
+    (`"ts": {...}`) is kept whole, so that the line is skipped for a field
+    of the wrong type. A later duplicate name replaces an earlier one.
+    """
+    flat: dict[str, Any] = {}
+    _flatten_into(flat, record, "")
+    return flat
+
+
+def _flatten_into(flat: dict[str, Any], value: dict[str, Any], prefix: str) -> None:
+    for key, item in value.items():
+        path = f"{prefix}{key}"
+        name = canonical_field(path)
+        if isinstance(item, dict) and name not in NUMERIC_FIELDS:
+            _flatten_into(flat, item, f"{path}.")
+        else:
+            flat[name] = item

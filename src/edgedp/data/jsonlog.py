@@ -64,8 +64,7 @@ def _parse_line(raw: bytes, line: int, skips: SkipLog) -> dict[str, str | None] 
         skips.add(line, "not a JSON object")
         return None
     row: dict[str, str | None] = {}
-    for key, item in _flatten(value):
-        name = zeek.canonical_field(key)
+    for name, item in zeek.flatten_json(value).items():
         if name in zeek.NUMERIC_FIELDS:
             problem = zeek.json_type_problem(name, item)
             if problem is not None:
@@ -81,18 +80,6 @@ def _parse_line(raw: bytes, line: int, skips: SkipLog) -> dict[str, str | None] 
             skips.add(line, "unparsable timestamp in ts")
             return None
     return row
-
-
-def _flatten(value: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Yield dotted keys and values, keeping an object in a numeric field whole."""
-    for key, item in value.items():
-        path = f"{prefix}{key}"
-        if isinstance(item, dict) and zeek.canonical_field(path) not in (
-            zeek.NUMERIC_FIELDS
-        ):
-            yield from _flatten(item, f"{path}.")
-        else:
-            yield path, item
 
 
 def _text(value: Any) -> str | None:

@@ -491,7 +491,7 @@ def _check_json_fields(path: Path, lines: list[str]) -> None:
         except ValueError:
             continue
         if isinstance(value, dict):
-            _check_required(path, [zeek.canonical_field(k) for k in _keys(value)])
+            _check_conn_json(path, zeek.flatten_json(value))
             return
     raise FlowLogError(
         f"{path} is not a flow log: it starts with '{{' but none of its first "
@@ -499,16 +499,22 @@ def _check_json_fields(path: Path, lines: list[str]) -> None:
     )
 
 
-def _keys(value: dict[str, object], prefix: str = "") -> Iterator[str]:
-    """Yield the dotted names of a JSON object's fields, as Zeek writes them.
-
-    A field whose value is an object is named too, so a `ts` of the wrong
-    type still counts as present. The reader skips such a line on its own.
-    """
-    for key, item in value.items():
-        yield f"{prefix}{key}"
-        if isinstance(item, dict):
-            yield from _keys(item, f"{prefix}{key}.")
+def _check_conn_json(path: Path, record: dict[str, object]) -> None:
+    """Reject a JSON log whose first object is not a conn.log record."""
+    log_name = record.get("_path")
+    if log_name is not None and log_name != "conn":
+        raise FlowLogError(
+            f"{path} is a Zeek {log_name} log, not a conn log (its first object "
+            f'has "_path": "{log_name}"); give conn logs only'
+        )
+    _check_required(path, list(record))
+    missing = [name for name in zeek.ALWAYS_LOGGED if name not in record]
+    if missing:
+        raise FlowLogError(
+            f"{path} is not a Zeek conn log: its first JSON object has no "
+            f"{', '.join(missing)}, which Zeek writes on every conn.log line; "
+            "give conn logs only"
+        )
 
 
 def split_header_row(line: str, separator: str) -> list[str]:

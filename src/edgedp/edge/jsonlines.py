@@ -4,9 +4,8 @@ Zeek's JSON writer puts one object on each line, with dotted field names
 (`id.orig_h`), and leaves out the fields that are unset. Other tools nest
 the connection id (`{"id": {"orig_h": ...}}`) or spell a name as an export
 does (`id_orig_h`). `RecordFlattener` turns both into Zeek's dotted names
-by the rules of `edgedp prepare`'s JSON reader (`edgedp.data.jsonlog`): a
-nested object is flattened unless its dotted name is a numeric field, and
-every name goes through `zeek.canonical_field`.
+by the rules that `edgedp prepare`'s JSON reader also uses
+(`zeek.flatten_json`).
 
 This module uses only the standard library and edgedp's pure modules,
 because the gateway runtime imports it.
@@ -20,26 +19,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from edgedp import zeek
-
-ALWAYS_LOGGED: tuple[str, ...] = (
-    "ts",
-    "uid",
-    "id.orig_h",
-    "id.orig_p",
-    "id.resp_h",
-    "id.resp_p",
-    "proto",
-    "conn_state",
-)
-"""Fields that Zeek writes on every conn.log line, unset or not.
-
-`Conn::Info` declares `conn_state` `&optional`, but `set_conn` in Zeek's
-`base/protocols/conn/main.zeek` sets it for every connection before the line
-is written, and the other logs (dns, http, ...) have no such field. A JSON
-line without one of these fields that the parser reads is not a conn.log
-record, so it is skipped as `missing_fields`. Every other field may be
-absent, because Zeek's JSON writer leaves unset fields out.
-"""
 
 _MAX_PLAIN_KEYS = 1024
 """Distinct field names remembered as already canonical; later ones are
@@ -69,9 +48,7 @@ class RecordFlattener:
             may_nest and dict in map(type, record.values())
         ):
             return record
-        flat: dict[str, Any] = {}
-        _flatten_into(flat, record, "")
-        return flat
+        return zeek.flatten_json(record)
 
     def _has_plain_keys(self, record: dict[str, Any]) -> bool:
         keys = record.keys()
@@ -93,22 +70,6 @@ def may_nest(text: str) -> bool:
     """
     at_line_start = text.count("\n{") + text.startswith("{")
     return text.count("{") != at_line_start
-
-
-def _flatten_into(flat: dict[str, Any], value: dict[str, Any], prefix: str) -> None:
-    """Add the fields of `value` to `flat` under dotted, canonical names.
-
-    An object in a numeric field (`"ts": {...}`) is kept whole, so that the
-    line is skipped for a field of the wrong type, as prepare skips it. A
-    later duplicate name replaces an earlier one, as in prepare.
-    """
-    for key, item in value.items():
-        path = f"{prefix}{key}"
-        name = zeek.canonical_field(path)
-        if isinstance(item, dict) and name not in zeek.NUMERIC_FIELDS:
-            _flatten_into(flat, item, f"{path}.")
-        else:
-            flat[name] = item
 
 
 def missing_fields(record: dict[str, Any], required: Sequence[str]) -> list[str]:

@@ -19,7 +19,7 @@ Bad input never raises. A line is skipped, and reported through the
 - `bad_header`: a directive line that `edgedp.zeek` rejects;
 - `missing_fields`: a data line of a header block whose `#fields` lacks a
   field the encoder needs, or a JSON line without one of the fields that
-  Zeek writes on every conn.log line (`jsonlines.ALWAYS_LOGGED`).
+  Zeek writes on every conn.log line (`zeek.ALWAYS_LOGGED`).
 
 A TSV file without a `#fields` directive is read with the standard conn.log
 layout (`zeek.CONN_FIELDS`, or `zeek.LABELED_CONN_FIELDS` when the first
@@ -58,7 +58,6 @@ from edgedp import features as encoder
 from edgedp import zeek
 from edgedp.edge.follow import Chunk
 from edgedp.edge.jsonlines import (
-    ALWAYS_LOGGED,
     RecordFlattener,
     json_value,
     may_nest,
@@ -314,7 +313,7 @@ def _json_log_problem(lines: Sequence[bytes | None]) -> str | None:
         kind = other_json_log(line)
         if kind is not None:
             return f"it is a Zeek {kind} log; {OTHER_LOG_HINT}"
-        absent = missing_fields(RecordFlattener()(record), ALWAYS_LOGGED)
+        absent = missing_fields(RecordFlattener()(record), zeek.ALWAYS_LOGGED)
         if not absent:
             return None
         return (
@@ -427,7 +426,7 @@ class LineParser:
         self._sniffed = False
         self._flatten = RecordFlattener()
         self._required_json_order = tuple(
-            name for name in ALWAYS_LOGGED if name in self.fields
+            name for name in zeek.ALWAYS_LOGGED if name in self.fields
         )
         self._required_json_fields = frozenset(self._required_json_order)
         self.foreign_input: str | None = None
