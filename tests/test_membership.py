@@ -345,6 +345,29 @@ def test_audit_records_membership(autoencoder):
     assert manifest["membership"]["score"] == "minus the reconstruction error"
 
 
+@pytest.mark.parametrize("epsilon", [None, 1.0])
+def test_audit_single_class_classifier(iot23, tmp_path, epsilon):
+    from edgedp.data.prepare import prepare_dataset
+
+    # Every flow of this capture is Benign.
+    dataset = prepare_dataset(
+        [iot23 / "zeek" / "CTU-Honeypot-Capture-4-1.conn.log.labeled"],
+        tmp_path / "benign",
+    )
+    assert dataset.classes == ["Benign"]
+    bundle = train_bundle(
+        dataset, tmp_path / "ff", epsilon=epsilon, epochs=1, batch_size=32
+    )
+
+    result = audit_bundle(bundle, samples=100, seed=0)
+
+    assert result["members"] == 100
+    assert result["roc_auc"] == 0.5
+    assert result["advantage"] == 0.0
+    assert result["unique_rows"]["roc_auc"] == 0.5
+    assert load_bundle(bundle.root).manifest["membership"]["roc_auc"] == 0.5
+
+
 def test_audit_rejects_other_training_split(classifier, prepared_iot23, tmp_path):
     folder = _copy_dataset(prepared_iot23, tmp_path / "smaller")
     _rewrite_split(folder, "train", np.arange(len(prepared_iot23.split("train")) - 1))

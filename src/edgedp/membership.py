@@ -239,6 +239,9 @@ def loss_scores(model, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     margin is used because a confident prediction's cross-entropy rounds to 0
     in float32, which would tie flows that the margin still orders.
 
+    A classifier with one class has no other logits. Its softmax is 1 and its
+    cross-entropy 0 for every flow, so every score is 0 and all flows tie.
+
     Args:
         model: a classifier or autoencoder from `edgedp.models`.
         features: float32 features (rows, features).
@@ -253,6 +256,9 @@ def loss_scores(model, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return -predict_torch(model, features).astype(np.float64)
 
     model.eval()
+    if model.spec.output_dim == 1:
+        return np.zeros(len(features), dtype=np.float64)
+
     margins = []
     with torch.inference_mode():
         for start in range(0, len(features), PREDICT_CHUNK_ROWS):
@@ -395,6 +401,14 @@ def audit_bundle(
     )
 
     spec = ModelSpec.from_json(bundle.manifest["model"])
+    if kind == "classifier" and len(classes) == 1:
+        logger.warning(
+            "%s classifies one class (%s), so it gives every flow the same "
+            "output, and the attack cannot tell members from non-members "
+            "(ROC-AUC 0.5, advantage 0)",
+            bundle.root,
+            classes[0],
+        )
     model = load_model(spec, bundle.path(TORCH_WEIGHTS))
     member_scores = loss_scores(model, member_features[members], member_labels[members])
     non_member_scores = loss_scores(
