@@ -296,6 +296,49 @@ def test_fingerprint_needs_dataset_key(prepared_iot23, tmp_path):
     assert dataset_fingerprint(load_prepared(unkeyed)) != keyed
 
 
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (None, "has no fingerprint.key"),
+        ("", "a key of 0 bytes"),
+        ("0123abcd", "a key of 4 bytes"),
+        ("ab" * 33, "a key of 33 bytes"),
+    ],
+    ids=["missing", "empty", "4 bytes", "33 bytes"],
+)
+def test_train_rejects_unkeyed_dataset(prepared_iot23, tmp_path, caplog, key, message):
+    copy = _copy_dataset(prepared_iot23, tmp_path / "data")
+    if key is None:
+        (copy / FINGERPRINT_KEY_NAME).unlink()
+    else:
+        (copy / FINGERPRINT_KEY_NAME).write_text(key + "\n")
+
+    with caplog.at_level("INFO", logger="edgedp"):
+        with pytest.raises(DatasetError, match=message) as raised:
+            train_bundle(copy, tmp_path / "bundle", epochs=1)
+
+    assert "rerun `edgedp prepare` into this folder" in str(raised.value)
+    assert "training classifier" not in caplog.text
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_cli_train_rejects_unkeyed_dataset(prepared_iot23, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgedp.cli import app, training  # noqa: F401  (registers `train`)
+
+    copy = _copy_dataset(prepared_iot23, tmp_path / "nokey")
+    (copy / FINGERPRINT_KEY_NAME).unlink()
+    out = ["--out", str(tmp_path / "bundle"), "--epochs", "1", "--epsilon", "none"]
+
+    result = CliRunner().invoke(app, ["train", "--data", str(copy), *out])
+
+    assert result.exit_code == 2, result.output
+    assert "has no fingerprint.key" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "bundle").exists()
+
+
 def _copy_dataset(dataset, destination):
     shutil.copytree(dataset.root, destination)
     return destination

@@ -26,6 +26,7 @@ MANIFEST_NAME = "dataset.json"
 FINGERPRINT_KEY_NAME = "fingerprint.key"
 """A random secret of the dataset folder that keys its fingerprint, so that
 the fingerprint in a bundle cannot be matched against candidate datasets."""
+FINGERPRINT_KEY_BYTES = 32
 
 
 class DatasetError(ValueError):
@@ -69,17 +70,55 @@ class PreparedDataset:
 
     @property
     def fingerprint_key(self) -> bytes | None:
-        """The secret that keys the dataset's fingerprint, if it has one."""
+        """The secret that keys the dataset's fingerprint.
+
+        None means the folder has no key file, as folders written before
+        datasets had a key do.
+
+        Raises:
+            DatasetError: the key file is unreadable or is not
+                `FINGERPRINT_KEY_BYTES` bytes written as hex.
+        """
         path = self.root / FINGERPRINT_KEY_NAME
-        if not path.is_file():
+        if not path.exists():
             return None
+
+        fix = (
+            "rerun `edgedp prepare` into this folder, and retrain the bundles "
+            "that use it"
+        )
         try:
-            return bytes.fromhex(path.read_text().strip())
-        except ValueError as error:
+            key = bytes.fromhex(path.read_text().strip())
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"{path} is not a hex key ({error}); {fix}") from error
+        if len(key) != FINGERPRINT_KEY_BYTES:
             raise DatasetError(
-                f"{path} is not a hex key ({error}); rerun `edgedp prepare` "
-                "into this folder, and retrain the bundles that use it"
-            ) from error
+                f"{path} contains a key of {len(key)} bytes, but a fingerprint key "
+                f"has {FINGERPRINT_KEY_BYTES} bytes "
+                f"({2 * FINGERPRINT_KEY_BYTES} hex digits); {fix}"
+            )
+        return key
+
+    def require_fingerprint_key(self) -> bytes:
+        """Check that the folder has a valid fingerprint key, and return it.
+
+        Without a key the fingerprint is the plain hash of the split files,
+        an exact membership test for anyone who can prepare candidate
+        datasets.
+
+        Raises:
+            DatasetError: the folder has no key file, or `fingerprint_key`
+                rejects it.
+        """
+        key = self.fingerprint_key
+        if key is None:
+            raise DatasetError(
+                f"{self.root} has no {FINGERPRINT_KEY_NAME}, so a bundle's "
+                "dataset fingerprint would be a plain hash that anyone can "
+                "test against candidate datasets; rerun `edgedp prepare` into "
+                "this folder"
+            )
+        return key
 
     def split(self, name: str) -> Split:
         """Read one split into memory."""

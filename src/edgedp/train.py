@@ -264,7 +264,8 @@ def dataset_fingerprint(dataset: PreparedDataset) -> str:
     outside the DP guarantee. A copy of the folder keeps the key and so the
     fingerprint. The same logs prepared again into a new folder get a new
     key, and another fingerprint. A folder written before datasets had a
-    key gets the plain sha256.
+    key gets the plain sha256, so that old bundles still match it, but
+    `train_bundle` rejects such a folder.
     """
     digest = hashlib.sha256()
     for name in SPLITS:
@@ -572,7 +573,8 @@ def train_bundle(
             validation split that cannot be scored, or a model that
             diverged (weights or outputs that are not finite).
         PrivacyConfigError: DP settings that cannot reach the target epsilon.
-        DatasetError: the dataset is missing or from another encoder version.
+        DatasetError: the dataset is missing, from another encoder version,
+            or has no valid `fingerprint.key`.
         FileExistsError: `out` exists and `overwrite` is not set.
         OutputError: `out` cannot be written; raised before training starts.
     """
@@ -614,6 +616,8 @@ def train_bundle(
     with _captured_log() as log, _torch_runtime(settings.threads):
         root = data.root if isinstance(data, PreparedDataset) else data
         dataset = load_prepared(root, encoder_version=_supported_encoder_version())
+        dataset.require_fingerprint_key()
+        fingerprint = dataset_fingerprint(dataset)
         train = dataset.split("train")
         validation = dataset.split("validation")
         _check_dataset(dataset, train, validation, settings)
@@ -742,7 +746,7 @@ def train_bundle(
             "path": str(dataset.root.resolve()),
             "encoder_version": dataset.encoder_version,
             "feature_set": dataset.manifest.get("feature_set"),
-            "fingerprint": dataset_fingerprint(dataset),
+            "fingerprint": fingerprint,
         },
         "privacy": ledger,
         "training": {

@@ -49,6 +49,7 @@ from edgedp.data import labels, readers, sources, splits
 from edgedp.data.flowkeys import FlowKeys, KeyLog
 from edgedp.data.sources import FlowLogError
 from edgedp.dataset import (
+    FINGERPRINT_KEY_BYTES,
     FINGERPRINT_KEY_NAME,
     LABEL_COLUMN,
     LABEL_INDEX_COLUMN,
@@ -212,9 +213,9 @@ def _fingerprint_key(out: Path) -> str:
         old = (out / FINGERPRINT_KEY_NAME).read_text().strip()
     except OSError:
         old = ""
-    if len(old) == 64 and all(c in hexdigits for c in old):
+    if len(old) == 2 * FINGERPRINT_KEY_BYTES and all(c in hexdigits for c in old):
         return old
-    return secrets.token_hex(32)
+    return secrets.token_hex(FINGERPRINT_KEY_BYTES)
 
 
 def _check_settings(
