@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -30,6 +31,7 @@ from edgedp.bundle import (
 )
 from edgedp.cli import app
 from edgedp.data.prepare import prepare_dataset
+from edgedp.dataset import FINGERPRINT_KEY_NAME
 from edgedp.export import (
     CALIBRATION_SOURCES,
     CalibrationError,
@@ -473,6 +475,21 @@ def test_cli_optimize_rejects_other_split(bundles, resplit_iot23):
     assert "its validation rows may be training rows of the bundle" in output
     assert "omit --data" in output
     assert (bundles.classifier.root / MANIFEST_NAME).read_bytes() == before
+
+
+def test_rekeyed_dataset_names_fingerprint_key(bundles, tmp_path):
+    copy = tmp_path / "rekeyed"
+    shutil.copytree(bundles.dataset.root, copy)
+    (copy / FINGERPRINT_KEY_NAME).write_text("ab" * 32 + "\n")
+
+    with pytest.raises(BundleError) as raised:
+        optimize_bundle(bundles.classifier, data=copy, force=True)
+
+    message = str(raised.value)
+    assert "its fingerprint does not match" in message
+    assert "split files differ" in message
+    assert "another or no fingerprint.key" in message
+    assert "prepared again into a new folder" in message
 
 
 def test_cli_optimize_force_on_read_only_bundle(bundles, read_only_folder):

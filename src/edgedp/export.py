@@ -224,7 +224,9 @@ def require_training_dataset(
         )
     raise BundleError(
         f"{dataset.root} is not the prepared dataset {bundle.root} was trained "
-        f"on (its split files differ), so {risk}; {fix}"
+        "on: its fingerprint does not match, because its split files differ "
+        "or it has another or no fingerprint.key (as when the same logs are "
+        f"prepared again into a new folder), so {risk}; {fix}"
     )
 
 
