@@ -613,6 +613,32 @@ def test_nested_json_conn_record_accepted(tmp_path):
     assert report.format == "zeek-json"
 
 
+def test_json_line_without_conn_fields_skipped(tmp_path, iot23):
+    _, reference = read(iot23 / "csv" / "CTU-IoT-Malware-Capture-44-1.labeled.csv")
+    rows = [
+        json.loads(_json_line(row, iso=False)) for row in reference.head(5).to_dicts()
+    ]
+    nested = rows[2]
+    nested["id"] = {
+        "orig": {"h": nested.pop("id.orig_h"), "p": nested.pop("id.orig_p")}
+    }
+    del rows[3]["conn_state"]
+    path = tmp_path / "conn.json"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    report, frame = read(path)
+    inspected = inspect_logs([path])[0]
+
+    assert report.rows_read == 3
+    assert frame.height == 3
+    assert report.skipped.examples == [
+        "conn.json:3: no id.orig_h, id.orig_p, which every conn.log line has",
+        "conn.json:4: no conn_state, which every conn.log line has",
+    ]
+    assert inspected.rows_read == 3
+    assert inspected.skipped.total == 2
+
+
 def test_find_logs_skips_edgedp_outputs(tmp_path, iot23, caplog):
     log_name = "CTU-Honeypot-Capture-4-1.conn.log.labeled"
     source = (iot23 / "zeek" / log_name).read_bytes()

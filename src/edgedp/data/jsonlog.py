@@ -72,6 +72,12 @@ def _parse_line(raw: bytes, line: int, skips: SkipLog) -> dict[str, str | None] 
                 return None
         row[name] = _text(item)
 
+    # Not a conn.log record: `serve` skips such a line as `missing_fields` too.
+    missing = [name for name in zeek.ALWAYS_LOGGED if name not in row]
+    if missing:
+        skips.add(line, f"no {', '.join(missing)}, which every conn.log line has")
+        return None
+
     ts = row.get("ts")
     if ts is not None and not _is_number(ts):
         try:
