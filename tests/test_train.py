@@ -485,6 +485,10 @@ def test_cli_train_reports_bad_input(prepared_iot23, tmp_path):
     [
         (["--epsilon", "inf"], "pass --epsilon none to train without DP"),
         (["--epsilon", "nan"], "'nan' is not a number"),
+        (["--epsilon", "1_0"], "'1_0' is not a number"),
+        (["--epsilon", "\u0661"], "ASCII digits without underscores"),
+        (["--epsilon", "1", "--delta", "1_0e-6"], "'1_0e-6' is not a number"),
+        (["--epsilon", "1", "--delta", "\u0661e-5"], "ASCII digits without"),
         (["--epsilon", "1000"], "above the maximum of 20"),
         (["--epsilon", "1e6"], "above the maximum of 20"),
         (["--epsilon", "1", "--seed", "-3"], "--seed"),

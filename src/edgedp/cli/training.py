@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from edgedp import config
+from edgedp import config, zeek
 from edgedp.cli import app, console, reports_interrupt
 
 # edgedp.train imports only numpy and the standard library at module level.
@@ -20,12 +20,12 @@ def _epsilon(value: str) -> float | None:
     if value.strip().lower() in ("none", "off"):
         return None
     not_a_number = typer.BadParameter(
-        f"{value!r} is not a number; give a positive epsilon such as 1, "
-        "or none for a non-private run",
+        f"{value!r} is not a number; give a positive epsilon in ASCII digits "
+        "without underscores, such as 1, or none for a non-private run",
         param_hint="--epsilon",
     )
     try:
-        epsilon = float(value)
+        epsilon = zeek.parse_float(value)
     except ValueError as error:
         raise not_a_number from error
     if math.isnan(epsilon):
@@ -52,6 +52,19 @@ def _epsilon(value: str) -> float | None:
             param_hint="--epsilon",
         )
     return epsilon
+
+
+def _delta(value: str | float) -> float:
+    # Python's float reads `1_0` as 10, but parse_float rejects it, as the log
+    # readers do, so that a typo cannot change the privacy parameters.
+    try:
+        return zeek.parse_float(value)
+    except ValueError as error:
+        raise typer.BadParameter(
+            f"{value!r} is not a number; give delta in ASCII digits without "
+            "underscores, such as 1e-5",
+            param_hint="--delta",
+        ) from error
 
 
 def _number(value: Any) -> str:
@@ -146,7 +159,8 @@ def train(
         ),
     ] = "ff",
     delta: Annotated[
-        float, typer.Option(help="DP delta; must be below 1 / training rows.")
+        float,
+        typer.Option(parser=_delta, help="DP delta; must be below 1 / training rows."),
     ] = config.DEFAULT_DELTA,
     max_grad_norm: Annotated[
         float,
