@@ -526,6 +526,29 @@ def test_default_feature_set_documented(iot23, tmp_path):
     assert f"The default is `{features.EXTENDED}`." in docs.read_text()
 
 
+def test_one_flow_class_message_singular(iot23, tmp_path):
+    honeypot = iot23 / "zeek" / "CTU-Honeypot-Capture-5-1.conn.log.labeled"
+    single_flow = _write_zeek_subset(honeypot, tmp_path / "one.conn.log", bool, 1)
+
+    with pytest.raises(PrepareError) as caught:
+        prepare_dataset([single_flow], tmp_path / "out")
+
+    message = str(caught.value)
+    assert "Benign 1 flow (" in message
+    assert "1 flows" not in message
+
+
+def test_cli_prepare_nothing_excluded(iot23, tmp_path):
+    honeypot = iot23 / "zeek" / "CTU-Honeypot-Capture-5-1.conn.log.labeled"
+
+    result = _edgedp("prepare", str(honeypot), "--out", str(tmp_path / "out"))
+
+    output = " ".join(result.stderr.split())
+    assert result.returncode == 0, result.stderr
+    assert "excluded: 0;" in output
+    assert "(-)" not in output
+
+
 def test_cli_rejects_bad_mapping(tmp_path):
     result = _edgedp(
         "prepare", str(tmp_path), "--out", str(tmp_path / "o"), "--map", "C&C"

@@ -44,6 +44,12 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {number}" for name, number in counts.items()) or "-"
 
 
+def _excluded(total: int, by_label: dict[str, int]) -> str:
+    if not by_label:
+        return str(total)
+    return f"{total} ({_counts(by_label)})"
+
+
 @app.command()
 def inspect(
     paths: Annotated[
@@ -218,7 +224,7 @@ def prepare(
     console.print(
         f"rows read: {rows['read']}; kept: {rows['kept']}; "
         f"duplicates dropped: {rows['duplicates_dropped']}; "
-        f"excluded: {rows['excluded']} ({_counts(manifest['excluded'])}); "
+        f"excluded: {_excluded(rows['excluded'], manifest['excluded'])}; "
         f"in dropped classes: {rows['in_dropped_classes']}"
         + (
             f"; over the class cap: {rows['over_class_cap']}"

@@ -205,7 +205,8 @@ def describe_classes(short: Mapping[str, Mapping[str, int]]) -> str:
             absent.append(name)
             continue
         splits = ", ".join(f"{split} {number}" for split, number in counts.items())
-        parts.append(f"{name} {total} flows ({splits})")
+        flows = "flow" if total == 1 else "flows"
+        parts.append(f"{name} {total} {flows} ({splits})")
     if absent:
         parts.append(f"no flows of {', '.join(absent)}")
     return "; ".join(parts)
