@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -570,3 +571,77 @@ def test_report_command_while_run_holds_folder(tmp_path):
     assert "An invocation is recorded as `running`." in report
     assert after.exit_code == 0, after.output
     assert "warning:" not in after.output
+
+
+def _grid(epochs: int) -> dict:
+    """Return the `experiment` of `state.json` for one classifier cell, seed 0."""
+    return {
+        "train": {
+            "models": ["classifier"],
+            "epsilons": [None],
+            "seeds": [0],
+            "delta": 1e-5,
+            "max_grad_norm": 1.0,
+            "classifier": {"epochs": epochs, "batch_size": 256},
+        }
+    }
+
+
+@pytest.fixture(scope="module")
+def retrained_run(prepared_iot23, tmp_path_factory):
+    """Return a run folder whose grid cell contains a bundle trained with seed 5."""
+    from edgedp.train import train_bundle
+
+    run_dir = tmp_path_factory.mktemp("retrained")
+    train_bundle(
+        prepared_iot23,
+        run_dir / "bundles" / "classifier-plain-seed0",
+        epochs=1,
+        batch_size=256,
+        seed=5,
+    )
+    return run_dir
+
+
+CELL_STAGES = ["train/classifier-plain-seed0", "membership/classifier-plain-seed0"]
+
+
+def test_read_bundles_rejects_other_cell_settings(retrained_run):
+    folder = retrained_run / "bundles" / "classifier-plain-seed0"
+
+    with pytest.raises(ReportError) as raised:
+        read_bundles(retrained_run, grid_cells(_grid(2)), CELL_STAGES[:1], _grid(2))
+
+    message = str(raised.value)
+    assert f"{folder} was trained with seed 5, the cell's 0" in message
+    assert "epochs 1, the cell's 2" in message
+    assert "batch_size" not in message
+    assert "has no membership result" not in message
+    assert "delete that bundle folder" in message
+
+
+def test_read_bundles_rejects_missing_membership(
+    retrained_run, prepared_iot23, tmp_path
+):
+    from edgedp.membership import audit_bundle
+
+    seed5 = _grid(1)
+    seed5["train"]["seeds"] = [5]
+    cells = grid_cells(seed5)
+    run_dir = tmp_path / "seed5"
+    shutil.copytree(
+        retrained_run / "bundles" / "classifier-plain-seed0",
+        run_dir / "bundles" / cells[0],
+    )
+    stages = [stage.replace("seed0", "seed5") for stage in CELL_STAGES]
+
+    (manifest,) = read_bundles(run_dir, cells, stages[:1], seed5)
+    with pytest.raises(ReportError) as raised:
+        read_bundles(run_dir, cells, stages, seed5)
+    audit_bundle(run_dir / "bundles" / cells[0], prepared_iot23, samples=100)
+    (audited,) = read_bundles(run_dir, cells, stages, seed5)
+
+    assert manifest["name"] == cells[0]
+    assert "has no membership result" in str(raised.value)
+    assert "was trained with" not in str(raised.value)
+    assert audited["membership"]["members"] == 100

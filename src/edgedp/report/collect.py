@@ -20,9 +20,10 @@ from typing import Any
 
 from edgedp import config
 from edgedp.bundle import MANIFEST_NAME, BundleError, load_bundle, unmatched_scores
-from edgedp.experiment import MODELS, TrainingRun
+from edgedp.experiment import MODELS
 from edgedp.metrics import CLASSIFIER_SUMMARY
 from edgedp.report import published
+from edgedp.report.cells import cell_problems, grid_runs
 from edgedp.study import layout
 
 CLASSIFIER_METRICS = CLASSIFIER_SUMMARY
@@ -77,21 +78,15 @@ def _privacy_order(epsilon: float | None) -> float:
 
 def grid_cells(experiment: dict[str, Any] | None) -> list[str] | None:
     """Return the bundle names of the grid recorded in `state.json`."""
-    if not experiment:
-        return None
-    train = experiment["train"]
-    return [
-        TrainingRun(model, epsilon, seed).name
-        for model in train["models"]
-        for epsilon in train["epsilons"]
-        for seed in train["seeds"]
-    ]
+    runs = grid_runs(experiment)
+    return None if runs is None else [run.name for run in runs]
 
 
 def read_bundles(
     run_dir: Path,
     names: list[str] | None,
     stages: Iterable[str] = (),
+    experiment: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Return the manifests of the run's bundles, with `name` set to the folder.
 
@@ -109,10 +104,15 @@ def read_bundles(
             stage is an error, and so is a bundle without the test scores of
             a finished `evaluate` stage. A bundle whose stages have not
             finished yet is left out.
+        experiment: the `experiment` of `state.json`. With it, each bundle
+            of the grid is checked against its cell's training settings
+            (`edgedp.report.cells`), and a bundle without the membership
+            result of a finished `membership` stage is an error.
 
     Raises:
         ReportError: a bundle with finished stages is missing, a bundle file
-            is missing, truncated or altered, a test score is not of the
+            is missing, truncated or altered, a bundle does not match its
+            cell or lacks its membership result, a test score is not of the
             bundle's current model file, or a manifest is not valid JSON.
     """
     folder = run_dir / layout.BUNDLES
@@ -126,7 +126,9 @@ def read_bundles(
         "--out): it redoes the stages whose outputs are damaged, missing or "
         "out of date and writes the report again"
     )
+    cells = {run.name: run for run in grid_runs(experiment) or []}
     missing = []
+    mismatches = []
     problems = []
     manifests = []
     for path in paths:
@@ -143,6 +145,9 @@ def read_bundles(
             raise ReportError(f"{error}. {rerun}") from error
         manifest["name"] = path.name
         manifests.append(manifest)
+        if experiment is not None and path.name in cells:
+            cell = cells[path.name]
+            mismatches += cell_problems(manifest, path, cell, experiment, finished)
         evaluated = f"evaluate/{path.name}" in finished
         problems += _score_problems(manifest, path, evaluated)
 
@@ -150,6 +155,15 @@ def read_bundles(
         raise ReportError(
             f"bundles of the grid in {run_dir / layout.STATE} are missing: "
             f"{'; '.join(missing)}. {rerun}"
+        )
+    if mismatches:
+        raise ReportError(
+            "the report cannot show these bundles under their grid cells: "
+            f"{'; '.join(mismatches)}. Rerun the `edgedp run` command of "
+            f"{run_dir} (same options, same --out): it adds a missing "
+            "membership result. It does not train again a bundle whose "
+            "settings differ from its cell's, so delete that bundle folder "
+            "first, and the run trains, scores and audits the cell again"
         )
     if problems:
         raise ReportError(
@@ -527,6 +541,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
         run_dir,
         grid_cells((state or {}).get("experiment")),
         (state or {}).get("stages", {}),
+        (state or {}).get("experiment"),
     )
     return RunFiles(run_dir, dataset, state, bench, manifests)
 
