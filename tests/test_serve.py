@@ -857,6 +857,9 @@ def test_full_alert_output_exits_3(gateway_bundles, iot23):
         "ERROR cannot write alerts to the alert file /dev/full: No space left "
         "on device; 0 of the batch's"
     ) in result.stderr
+    # The log's flows start on line 9.
+    assert "line 9 and every flow read after it have no verdict" in result.stderr
+    assert "stopped after 0 flows, 0 alerts" in result.stderr
     assert "events: alert_write_failed 1" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -902,6 +905,12 @@ def test_partial_alert_line_cut_at_next_start(gateway_bundles, iot23, tmp_path):
     assert 0 < kept < 1374
     assert [record["line"] for record in records[:kept]] == list(range(9, 9 + kept))
     assert [record["line"] for record in records[kept:]] == list(range(9, 9 + 1374))
+    # The first run's totals count the flows and alerts whose lines it wrote,
+    # and its error names the first flow without a line.
+    flagged = sum(record["alert"] for record in records[:kept])
+    assert f"stopped after {kept} flows, {flagged} alerts" in failed.stderr
+    first_lost = f"line {9 + kept} and every flow read after it have no verdict"
+    assert first_lost in failed.stderr
 
 
 @pytest.mark.parametrize(

@@ -149,7 +149,18 @@ def _exact_microseconds(text: str) -> int | None:
 
 
 class AlertWriteError(OutputError):
-    """Alert lines that could not be written, such as on a full disk."""
+    """Alert lines that could not be written, such as on a full disk.
+
+    Attributes:
+        flows_done: the number of flows at the start of the batch whose
+            verdicts reached the output, because their lines were written or
+            they needed none. The flow at this index is the first one
+            without its line.
+    """
+
+    def __init__(self, message: str, *, flows_done: int = 0) -> None:
+        super().__init__(message)
+        self.flows_done = flows_done
 
 
 _ALERT_START = b'{"ts":'
@@ -304,7 +315,14 @@ class AlertWriter:
         self._descriptor = descriptor
 
     def write(self, flows: FlowColumns, verdicts: Verdicts) -> int:
-        """Write the lines for one batch; return how many were written."""
+        """Write the lines for one batch; return how many were written.
+
+        Raises:
+            BrokenPipeError: stdout was closed by its reader.
+            AlertWriteError: the write failed for another reason. Its
+                `flows_done` counts the flows of the batch before the first
+                one whose line was not written.
+        """
         if self.all_flows:
             rows = np.arange(len(flows))
         else:
@@ -341,7 +359,11 @@ class AlertWriter:
             strict=True,
         )
         text = "".join(self._format_line(*record) for record in records)
-        self._output(text.encode("ascii"), len(picked))
+        try:
+            self._output(text.encode("ascii"), len(picked))
+        except AlertWriteError as error:
+            error.flows_done = int(rows[error.flows_done])
+            raise
         return len(picked)
 
     def _output(self, data: bytes, lines: int) -> None:
@@ -349,7 +371,8 @@ class AlertWriter:
 
         Raises:
             BrokenPipeError: stdout was closed by its reader.
-            AlertWriteError: the write failed for another reason.
+            AlertWriteError: the write failed for another reason. Its
+                `flows_done` is the number of complete lines written.
         """
         descriptor = self._descriptor
         if descriptor is None:
@@ -378,7 +401,7 @@ class AlertWriter:
                     ", and the output ends in an unfinished line, which the next "
                     "start cuts off"
                 )
-            raise AlertWriteError(message) from error
+            raise AlertWriteError(message, flows_done=complete) from error
 
     def _format_line(
         self,

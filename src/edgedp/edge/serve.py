@@ -549,11 +549,24 @@ class Gateway:
         features = encoder.encode(columns, self.feature_set)
         outputs = self.runner.predict(features)
         verdicts = self.rule.decide(outputs)
-        self.writer.write(flows, verdicts)
+        try:
+            self.writer.write(flows, verdicts)
+        except AlertWriteError as error:
+            # The totals count only the flows whose verdicts reached the
+            # output, and the error names the first flow whose verdict did not.
+            done = error.flows_done
+            self._count_batch(flows.split(done)[0], verdicts.alert[:done])
+            raise AlertWriteError(
+                f"{error}; the flow of {flows.sources[done]} line "
+                f"{int(flows.lines[done])} and every flow read after it have "
+                "no verdict",
+                flows_done=done,
+            ) from error
+        self._count_batch(flows, verdicts.alert)
+
+    def _count_batch(self, flows: FlowColumns, alert: np.ndarray) -> None:
         latencies = time.monotonic() - flows.read_at
-        self.stats.add_batch(
-            len(flows), int(np.count_nonzero(verdicts.alert)), latencies
-        )
+        self.stats.add_batch(len(flows), int(np.count_nonzero(alert)), latencies)
 
     def _check_categories(self, flows: FlowColumns) -> None:
         """Count categories outside the encoder's vocabularies (encoded as other).
