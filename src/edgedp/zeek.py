@@ -376,8 +376,8 @@ ALWAYS_LOGGED: tuple[str, ...] = (
 `base/protocols/conn/main.zeek` sets it for every connection before the line
 is written, and the other logs (dns, http, ...) have no such field. A JSON
 line without one of these fields that the parser reads is not a conn.log
-record: the gateway skips it as `missing_fields`, and `prepare` rejects a
-JSON file whose first object lacks one. Every other field may be absent,
+record. The gateway and `prepare` skip such a line, and `prepare` rejects
+a JSON file whose first object lacks one. Every other field may be absent,
 because Zeek's JSON writer leaves unset fields out.
 """
 
