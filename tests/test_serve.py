@@ -194,7 +194,7 @@ def test_unknown_categories_bounded(gateway_bundles, iot23, tmp_path, caplog):
     log = tmp_path / "conn.log"
     log.write_bytes(header + b"".join(changed))
 
-    with caplog.at_level(logging.WARNING, logger="edgedp.edge.serve"):
+    with caplog.at_level(logging.INFO, logger="edgedp.edge.serve"):
         _, totals = _serve(gateway_bundles["classifier"], log, tmp_path)
 
     unknown = totals["unknown_categories"]
@@ -208,6 +208,14 @@ def test_unknown_categories_bounded(gateway_bundles, iot23, tmp_path, caplog):
         message for message in messages if "distinct unknown categories" in message
     ]
     assert len(limit) == 1
+    # The final line names the most frequent values, the three per-field
+    # counts of the values past the limit, and counts the rest.
+    (last,) = [message for message in messages if message.startswith("stopped")]
+    assert f", unknown categories {3 * 4426} (" in last
+    for field in ("proto", "service", "conn_state"):
+        key = f"{field}={OTHER_VALUES}"
+        assert f"{key} {unknown[key]}" in last
+    assert f", {len(unknown) - 5} more values)" in last
 
 
 def test_out_of_range_ports_logged_as_integers(

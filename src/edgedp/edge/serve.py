@@ -462,10 +462,11 @@ class Gateway:
         self.warnings.flush()
         totals = self.stats.totals()
         log.info(
-            "stopped after %d flows, %d alerts, %d bad lines%s",
+            "stopped after %d flows, %d alerts, %d bad lines%s%s",
             totals["flows"],
             totals["alerts"],
             sum(totals["bad_lines"].values()),
+            _unknown_text(totals["unknown_categories"]),
             _events_text(totals["events"]),
         )
         return totals
@@ -660,6 +661,28 @@ def _events_text(events: dict[str, int]) -> str:
         return ""
     counts = ", ".join(f"{kind} {count}" for kind, count in sorted(events.items()))
     return f", events: {counts}"
+
+
+_SHOWN_UNKNOWN_CATEGORIES = 5
+"""Unknown categories named in the final log line, the most frequent first."""
+
+
+def _unknown_text(unknown: dict[str, int]) -> str:
+    """Return the unknown categories of a run for the final log line.
+
+    It is "" without any, else the count of flow fields that held an unknown
+    category, such as `, unknown categories 12 (proto=sctp 9, service=xyz 3)`.
+    At most `_SHOWN_UNKNOWN_CATEGORIES` values are named, and a count of
+    the others follows them.
+    """
+    if not unknown:
+        return ""
+    ranked = sorted(unknown.items(), key=lambda item: (-item[1], item[0]))
+    most_frequent = ranked[:_SHOWN_UNKNOWN_CATEGORIES]
+    named = ", ".join(f"{value} {count}" for value, count in most_frequent)
+    if len(ranked) > len(most_frequent):
+        named += f", {len(ranked) - len(most_frequent)} more values"
+    return f", unknown categories {sum(unknown.values())} ({named})"
 
 
 def _silence_stdout() -> None:
