@@ -617,7 +617,7 @@ def test_read_bundles_rejects_other_cell_settings(retrained_run):
     assert "epochs 1, the cell's 2" in message
     assert "batch_size" not in message
     assert "has no membership result" not in message
-    assert "delete that bundle folder" in message
+    assert "trains, scores and audits again a bundle that it did not train" in message
 
 
 def test_read_bundles_rejects_missing_membership(

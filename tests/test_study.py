@@ -487,6 +487,37 @@ def test_manual_optimize_redoes_evaluate(quick_run, tmp_path):
     assert row["metrics"]["roc_auc"]["values"] == [int8["roc_auc"]]
 
 
+def test_rerun_retrains_bundle_replaced_by_hand(quick_run, tmp_path):
+    import shutil
+
+    from edgedp.dataset import load_prepared
+    from edgedp.train import train_bundle
+
+    out = tmp_path / "copy"
+    shutil.copytree(quick_run["out"], out, ignore=shutil.ignore_patterns("*.lock"))
+    # Not the first cell of its model, which the bench stage times.
+    cell = "classifier-eps1-seed0"
+    bundle = out / "bundles" / cell
+    trained = _state(out)["stages"][f"train/{cell}"]["bundle_id"]
+    train_bundle(
+        load_prepared(out / "dataset"), bundle, epochs=1, seed=5, overwrite=True
+    )
+
+    command = [
+        str(out) if part == str(quick_run["out"]) else part
+        for part in quick_run["command"]
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["bundle_id"] == trained
+    assert manifest["training"]["seed"] == 0
+    assert "membership" in manifest
+
+
 def _rerun_with_config(quick_run, name: str, text: str) -> subprocess.CompletedProcess:
     """Run the quick run's command again with another experiment file."""
     config = quick_run["config"]

@@ -160,10 +160,9 @@ def read_bundles(
         raise ReportError(
             "the report cannot show these bundles under their grid cells: "
             f"{'; '.join(mismatches)}. Rerun the `edgedp run` command of "
-            f"{run_dir} (same options, same --out): it adds a missing "
-            "membership result. It does not train again a bundle whose "
-            "settings differ from its cell's, so delete that bundle folder "
-            "first, and the run trains, scores and audits the cell again"
+            f"{run_dir} (same options, same --out): it trains, scores and "
+            "audits again a bundle that it did not train, and adds a missing "
+            "membership result"
         )
     if problems:
         raise ReportError(

@@ -501,9 +501,29 @@ class _Runner:
         bundle = _open_bundle(layout.bundle_folder(self.out, cell.name))
         if bundle is None or not _has_outputs(stage, bundle):
             return False
+        if stage == "train":
+            return self._bundle_trained_here(stage_id, bundle)
         if stage == "membership":
             return self._membership_current(cell, bundle)
         return True
+
+    def _bundle_trained_here(self, stage_id: str, bundle: Bundle) -> bool:
+        """Tell whether the bundle is the one this run's train stage wrote.
+
+        A bundle retrained by hand (`edgedp train --overwrite`) has other
+        weights, so another `bundle_id` than the one the state recorded.
+        """
+        recorded = self.state.stages[stage_id].get("bundle_id")
+        if recorded is None or recorded == bundle.bundle_id:
+            return True
+        logger.info(
+            "redoing %s: the bundle's weights (bundle_id %s) are not the ones "
+            "this run trained (%s)",
+            stage_id,
+            bundle.bundle_id,
+            recorded,
+        )
+        return False
 
     def _membership_current(self, cell: TrainingRun, bundle: Bundle) -> bool:
         """Tell whether the bundle's attack result has this run's settings.
