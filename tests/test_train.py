@@ -256,6 +256,22 @@ def test_bad_settings_rejected(prepared_iot23, tmp_path, options, error, message
     assert not (tmp_path / "bundle").exists()
 
 
+@pytest.mark.parametrize("model", ["ff", "ae"])
+def test_large_delta_rejected_before_reading(prepared_iot23, tmp_path, model):
+    copy = _copy_dataset(prepared_iot23, tmp_path / "data")
+    # Parquet cannot read this, so only a check before reading passes it.
+    (copy / "train.parquet").write_bytes(b"not parquet")
+
+    with pytest.raises(PrivacyConfigError, match="below 1/N"):
+        train_bundle(
+            load_prepared(copy),
+            tmp_path / "bundle",
+            model=model,
+            epsilon=1.0,
+            delta=1e-3,
+        )
+
+
 def test_unwritable_out_rejected_before_training(prepared_iot23, tmp_path, caplog):
     (tmp_path / "a-file").write_text("not a folder")
 

@@ -298,6 +298,26 @@ def training_population(
     return benign, "Benign training split rows"
 
 
+def _check_delta_before_reading(
+    dataset: PreparedDataset, settings: TrainSettings
+) -> None:
+    """Check delta against the population size that `dataset.json` records.
+
+    The same check runs again on the rows read, but only after the whole
+    training split is in memory, which for a large split is slow.
+    """
+    from edgedp.privacy import DeltaError
+
+    counts = dataset.manifest.get("splits", {}).get("train", {})
+    if settings.kind == "classifier":
+        rows, population = counts.get("rows"), "training split rows"
+    else:
+        rows = counts.get("classes", {}).get(config.BENIGN_CLASS)
+        population = "Benign training split rows"
+    if isinstance(rows, int) and rows > 0 and not settings.delta < 1 / rows:
+        raise DeltaError(settings.delta, rows, population)
+
+
 def _training_data(train: Split, classes: list[str], kind: str) -> TrainingData:
     import torch
 
@@ -618,6 +638,8 @@ def train_bundle(
         dataset = load_prepared(root, encoder_version=_supported_encoder_version())
         dataset.require_fingerprint_key()
         fingerprint = dataset_fingerprint(dataset)
+        if settings.private:
+            _check_delta_before_reading(dataset, settings)
         train = dataset.split("train")
         validation = dataset.split("validation")
         _check_dataset(dataset, train, validation, settings)
