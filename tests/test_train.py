@@ -272,6 +272,17 @@ def test_large_delta_rejected_before_reading(prepared_iot23, tmp_path, model):
         )
 
 
+def test_damaged_split_file_named(prepared_iot23, tmp_path):
+    copy = _copy_dataset(prepared_iot23, tmp_path / "data")
+    path = copy / "validation.parquet"
+    path.write_bytes(path.read_bytes()[:100])
+
+    with pytest.raises(DatasetError, match="validation.parquet cannot be read"):
+        train_bundle(load_prepared(copy), tmp_path / "bundle", epochs=1)
+
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_unwritable_out_rejected_before_training(prepared_iot23, tmp_path, caplog):
     (tmp_path / "a-file").write_text("not a folder")
 

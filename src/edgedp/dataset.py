@@ -132,7 +132,14 @@ class PreparedDataset:
         if not path.is_file():
             raise DatasetError(f"{path} is missing; rerun `edgedp prepare`")
         columns = [*self.feature_names, LABEL_INDEX_COLUMN, "uid"]
-        table = pq.read_table(path, columns=columns)
+        try:
+            table = pq.read_table(path, columns=columns)
+        except (OSError, ValueError) as error:
+            # pyarrow's ArrowInvalid is a ValueError, and a cut file an OSError.
+            raise DatasetError(
+                f"{path} cannot be read ({error}); rerun `edgedp prepare` "
+                "to write the dataset again"
+            ) from error
 
         features = np.column_stack(
             [table.column(n).to_numpy().astype(np.float32) for n in self.feature_names]
