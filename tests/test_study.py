@@ -404,16 +404,33 @@ def test_report_command_rejects_unwritable_figures(tmp_path):
     assert "Traceback" not in message
 
 
-def test_manual_audit_redoes_membership(quick_run, tmp_path, iot23):
+def _copy_run(quick_run, out: Path) -> Path:
+    """Copy the quick run's folder to `out`, without its lock file."""
     import shutil
+
+    shutil.copytree(quick_run["out"], out, ignore=shutil.ignore_patterns("*.lock"))
+    return out
+
+
+def _rerun_in(quick_run, out: Path) -> subprocess.CompletedProcess:
+    """Run the quick run's command again with `out` as its run folder."""
+    command = [
+        str(out) if part == str(quick_run["out"]) else part
+        for part in quick_run["command"]
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
+    )
+
+
+def test_manual_audit_redoes_membership(quick_run, tmp_path, iot23):
     from dataclasses import replace
 
     from edgedp.experiment import load_experiment
     from edgedp.membership import audit_bundle
     from edgedp.study.runner import _Runner, _SilentProgress
 
-    out = tmp_path / "copy"
-    shutil.copytree(quick_run["out"], out, ignore=shutil.ignore_patterns("*.lock"))
+    out = _copy_run(quick_run, tmp_path / "copy")
     # The settings of the quick run's command. Earlier tests may have changed
     # its sample count, so that is read from the recorded result.
     settings = load_experiment(quick_run["config"])
@@ -441,12 +458,10 @@ def test_manual_audit_redoes_membership(quick_run, tmp_path, iot23):
 
 
 def test_manual_optimize_redoes_evaluate(quick_run, tmp_path):
-    import shutil
 
     from edgedp.export import optimize_bundle
 
-    out = tmp_path / "copy"
-    shutil.copytree(quick_run["out"], out, ignore=shutil.ignore_patterns("*.lock"))
+    out = _copy_run(quick_run, tmp_path / "copy")
     # Not the first cell of its model, which the bench stage times.
     cell = "autoencoder-eps1-seed0"
     bundle = out / "bundles" / cell
@@ -463,13 +478,7 @@ def test_manual_optimize_redoes_evaluate(quick_run, tmp_path):
     assert code == 1
     assert f"{bundle} (fp32, int8): there are no scores" in message
 
-    command = [
-        str(out) if part == str(quick_run["out"]) else part
-        for part in quick_run["command"]
-    ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
-    )
+    result = _rerun_in(quick_run, out)
     assert result.returncode == 0, result.stderr
     after = _state(out)["stages"]
     assert after[f"evaluate/{cell}"]["key"] != before[f"evaluate/{cell}"]["key"]
@@ -488,13 +497,11 @@ def test_manual_optimize_redoes_evaluate(quick_run, tmp_path):
 
 
 def test_rerun_retrains_bundle_replaced_by_hand(quick_run, tmp_path):
-    import shutil
 
     from edgedp.dataset import load_prepared
     from edgedp.train import train_bundle
 
-    out = tmp_path / "copy"
-    shutil.copytree(quick_run["out"], out, ignore=shutil.ignore_patterns("*.lock"))
+    out = _copy_run(quick_run, tmp_path / "copy")
     # Not the first cell of its model, which the bench stage times.
     cell = "classifier-eps1-seed0"
     bundle = out / "bundles" / cell
@@ -503,13 +510,7 @@ def test_rerun_retrains_bundle_replaced_by_hand(quick_run, tmp_path):
         load_prepared(out / "dataset"), bundle, epochs=1, seed=5, overwrite=True
     )
 
-    command = [
-        str(out) if part == str(quick_run["out"]) else part
-        for part in quick_run["command"]
-    ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
-    )
+    result = _rerun_in(quick_run, out)
 
     assert result.returncode == 0, result.stderr
     manifest = json.loads((bundle / "bundle.json").read_text())
