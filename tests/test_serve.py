@@ -909,15 +909,21 @@ def test_partial_alert_line_cut_at_next_start(gateway_bundles, iot23, tmp_path):
     # Every line is whole JSON: the lines of the first run that fit, then
     # all 1374 of the second. The log's flows start on line 9.
     records = [json.loads(line) for line in lines]
-    kept = len(records) - 1374
-    assert 0 < kept < 1374
-    assert [record["line"] for record in records[:kept]] == list(range(9, 9 + kept))
-    assert [record["line"] for record in records[kept:]] == list(range(9, 9 + 1374))
+    before_restart = len(records) - 1374
+    assert 0 < before_restart < 1374
+    assert [record["line"] for record in records[:before_restart]] == list(
+        range(9, 9 + before_restart)
+    )
+    assert [record["line"] for record in records[before_restart:]] == list(
+        range(9, 9 + 1374)
+    )
     # The first run's totals count the flows and alerts whose lines it wrote,
     # and its error names the first flow without a line.
-    flagged = sum(record["alert"] for record in records[:kept])
-    assert f"stopped after {kept} flows, {flagged} alerts" in failed.stderr
-    first_lost = f"line {9 + kept} and every flow read after it have no verdict"
+    flagged = sum(record["alert"] for record in records[:before_restart])
+    assert f"stopped after {before_restart} flows, {flagged} alerts" in failed.stderr
+    first_lost = (
+        f"line {9 + before_restart} and every flow read after it have no verdict"
+    )
     assert first_lost in failed.stderr
 
 

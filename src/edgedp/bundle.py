@@ -271,8 +271,8 @@ def _drop_scores(
     metrics: Mapping[str, Any], formats: list[str], root: Path
 ) -> dict[str, Any]:
     """Return `metrics` without the entries of `formats`, on every split."""
-    kept = copy.deepcopy(dict(metrics))
-    for split, scores in kept.items():
+    remaining = copy.deepcopy(dict(metrics))
+    for split, scores in remaining.items():
         dropped = [name for name in formats if scores.pop(name, None) is not None]
         if dropped:
             logger.info(
@@ -282,7 +282,7 @@ def _drop_scores(
                 ", ".join(dropped),
                 root,
             )
-    return kept
+    return remaining
 
 
 def unmatched_scores(manifest: Mapping[str, Any], split: str) -> dict[str, str]:

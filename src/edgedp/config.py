@@ -89,8 +89,8 @@ MEMBERSHIP_SAMPLES = 5000
 # The minimum number of members per side that `edgedp audit --samples` and the
 # experiment file's `[membership] samples` accept. With n rows per side and
 # no signal, the attack's ROC-AUC has a standard error of
-# sqrt((2n + 1) / (12 n^2)) (the Mann-Whitney U statistic without ties):
-# 0.041 at 100 rows, 0.5 at 1, so a smaller sample measures nothing.
+# sqrt((2n + 1) / (12 n^2)), that of the Mann-Whitney U statistic without
+# ties. That is 0.041 at 100 rows and 0.5 at 1 row, where it measures nothing.
 MIN_MEMBERSHIP_SAMPLES = 100
 
 # Small IoT-23 captures that `edgedp download` fetches when no logs are given.

@@ -259,8 +259,8 @@ def dataset_fingerprint(dataset: PreparedDataset) -> str:
 
     It is an HMAC-SHA256, keyed with the dataset folder's secret
     (`dataset.FINGERPRINT_KEY_NAME`), of the sha256 of each split file. With
-    a plain hash of the files, an attacker who knows all training flows but
-    one could test each candidate dataset against a bundle's fingerprint,
+    a plain hash of the files, an attacker with all training flows but one
+    could test each candidate dataset against a bundle's fingerprint,
     outside the DP guarantee. A copy of the folder keeps the key and so the
     fingerprint. The same logs prepared again into a new folder get a new
     key, and another fingerprint. A folder written before datasets had a
